@@ -1,0 +1,65 @@
+"""Engine creation: one place that knows how SQLite and Postgres differ at connection time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+
+def is_sqlite(engine_or_url: Engine | str) -> bool:
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.get_backend_name() == "sqlite"
+
+
+def create_db_engine(database_url: str, *, pool_size: int = 8) -> Engine:
+    """An engine with the durability settings the one rule needs.
+
+    SQLite: WAL so readers never block the writer, ``synchronous=FULL`` so a committed delivery
+    survives power loss (WAL's default NORMAL may lose the last commits), a busy timeout so the
+    workers and the inbox wait for each other instead of failing, and transactions that we begin
+    ourselves so that writers can ask for ``BEGIN IMMEDIATE`` (see ``writer``).
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # pysqlite's own transaction handling is disabled (isolation_level=None): we emit BEGIN.
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def writer(engine: Engine) -> Engine:
+    """The engine for short transactions that will write (inbox, job claims).
+
+    On SQLite they start with ``BEGIN IMMEDIATE``, taking the write lock up front, so two writers
+    queue on the busy timeout instead of one failing with "database is locked" when its read
+    upgrades to a write. Handler sessions stay DEFERRED: a handler that awaits a download does not
+    hold the lock that the inbox needs. Postgres ignores the option.
+    """
+    return engine.execution_options(sqlite_begin="IMMEDIATE")
