@@ -1,0 +1,185 @@
+"""The HTTP surface: ``POST /webhooks/<source>``, health, readiness and metrics.
+
+The ingest endpoint is the one rule in code: authenticate (while the body streams in), persist
+(the inbox commits), acknowledge (only after the commit), and leave processing to the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from receiver import metrics
+from receiver.body import read_body, too_large
+from receiver.errors import WebhookError
+from receiver.inbox import IncomingDelivery
+from receiver.service import Services
+from receiver.settings import Settings
+from receiver.store import migrate
+
+log = structlog.get_logger(__name__)
+# Content types that are certainly not a JSON webhook; anything else is read and, if authentic,
+# stored even when it does not parse, because an authentic event must never be lost.
+NOT_JSON = ("multipart/", "application/x-www-form-urlencoded")
+
+
+def create_app(
+    settings: Settings | None = None, *, services: Services | None = None, run_worker: bool = True
+) -> Starlette:
+    services = services or Services.create(settings or Settings())
+    settings = services.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.migrate_on_start:
+            await anyio.to_thread.run_sync(services.migrate)
+        services.warn_unconfigured()
+        services.inbox.start()
+        if run_worker:
+            services.worker.start_in_thread()
+        log.info(
+            "receiver_started",
+            sources=sorted(services.sources),
+            handlers=len(services.registry),
+            worker=run_worker,
+        )
+        try:
+            yield
+        finally:
+            services.inbox.stop()
+            if run_worker:
+                await anyio.to_thread.run_sync(services.worker.stop)
+            services.close()
+
+    async def receive(request: Request) -> Response:
+        name = request.path_params["source"]
+        source = services.sources.get(name)
+        if source is None:
+            return WebhookError(
+                404, "unknown_source", f"no webhook source named {name!r}"
+            ).response()
+        try:
+            receipt = await _ingest(request, source)
+        except WebhookError as exc:
+            metrics.DELIVERIES.labels(name, exc.code).inc()
+            if exc.status >= 500:
+                log.error("ingest_failed", source=name, error=exc.code)
+            return exc.response()
+        metrics.DELIVERIES.labels(name, "duplicate" if receipt.duplicate else "stored").inc()
+        return JSONResponse(
+            {
+                "status": "received",
+                "delivery_id": receipt.delivery_id,
+                "duplicate": receipt.duplicate,
+            }
+        )
+
+    async def _ingest(request: Request, source):  # type: ignore[no-untyped-def]
+        content_type = request.headers.get("content-type", "")
+        if content_type.lower().startswith(NOT_JSON):
+            raise WebhookError(415, "unsupported_media_type", "webhook bodies must be JSON")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            raise too_large(settings.max_body_bytes)
+        verifier = source.begin(request.headers, request.query_params)
+        body = await read_body(
+            request.stream(),
+            max_bytes=settings.max_body_bytes,
+            spool_threshold=settings.spool_threshold_bytes,
+            blobs=services.blobs,
+            on_chunk=verifier.update,
+        )
+        try:
+            auth = verifier.verify(body)
+            blob_path = None
+            if body.spooled:
+                identity = await anyio.to_thread.run_sync(source.identify, body)
+                assert body.path is not None
+                blob_path = await anyio.to_thread.run_sync(
+                    services.blobs.adopt, body.path, body.sha256, ".body"
+                )
+            else:
+                identity = source.identify(body)
+        except BaseException:
+            body.discard()
+            raise
+        incoming = IncomingDelivery(
+            source=source.name,
+            identity=identity,
+            auth=auth,
+            sha256=body.sha256,
+            size=body.size,
+            body=body.data,
+            blob_path=blob_path,
+            content_type=content_type[:128] or None,
+        )
+        try:
+            return await services.inbox.accept(incoming)
+        except Exception as exc:
+            log.exception("inbox_unavailable", source=source.name)
+            raise WebhookError(
+                503, "store_unavailable", "the delivery could not be stored; please retry"
+            ) from exc
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        def check() -> set[str]:
+            with services.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return migrate.pending_revisions(services.engine)
+
+        try:
+            pending = await anyio.to_thread.run_sync(check)
+        except Exception as exc:
+            log.warning("not_ready", error=str(exc))
+            return JSONResponse(
+                {"error": "database_unreachable", "detail": "the database cannot be reached"},
+                status_code=503,
+            )
+        if pending:
+            return JSONResponse(
+                {
+                    "error": "migrations_pending",
+                    "detail": f"run `voicehooks migrate` ({len(pending)} pending)",
+                },
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready"})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        token = settings.admin_token
+        if token is not None:
+            expected = f"Bearer {token.get_secret_value()}".encode()
+            given = request.headers.get("authorization", "").encode()
+            import hmac
+
+            if not hmac.compare_digest(expected, given):
+                return WebhookError(401, "unauthorized", "metrics need the admin token").response()
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled_error", path=request.url.path)
+        return JSONResponse(
+            {"error": "internal_error", "detail": "an unexpected error occurred"}, status_code=500
+        )
+
+    routes = [
+        Route("/webhooks/{source}", receive, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: server_error})
+    app.state.services = services
+    return app

@@ -1,0 +1,313 @@
+"""Workers: claim a due job under a lease, run its handler, record the outcome.
+
+A claim is a short write transaction (Postgres: ``FOR UPDATE SKIP LOCKED``, so workers never wait
+for each other; SQLite: ``BEGIN IMMEDIATE``) that marks the job running until ``lease_until`` with
+a fresh ``lease_token``. The handler then runs in its own session, and marking the job done happens
+in that same transaction, guarded by the token: if the lease was lost (this worker stalled and
+another took the job over), the handler's writes are rolled back rather than applied twice.
+A worker killed mid-job simply lets its lease expire; the job is claimed again.
+
+Workers run on their own thread and event loop, so a slow or blocking handler never delays the
+receiver's acknowledgements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import random
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import anyio
+import httpx
+import structlog
+from sqlalchemy import Engine, and_, or_, select, update
+from sqlmodel import Session
+
+from receiver import metrics
+from receiver.body import ReceivedBody
+from receiver.events import Event, HandlerContext, PermanentFailure
+from receiver.registry import Registry
+from receiver.settings import Settings
+from receiver.sources.base import Source
+from receiver.store.blobs import BlobStore
+from receiver.store.db import writer
+from receiver.store.models import Delivery, Job, JobStatus
+from receiver.store.types import utcnow
+
+log = structlog.get_logger(__name__)
+jobs_table = Job.__table__  # type: ignore[attr-defined]
+deliveries_table = Delivery.__table__  # type: ignore[attr-defined]
+MAX_ERROR_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    delivery_id: int
+    handler: str
+    attempts: int
+    lease_token: str
+
+
+def retry_delay(attempts: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: about base * 2^(n-1), randomised by +-50%, capped.
+
+    Jitter spreads retries of jobs that failed together (a database blip, a provider outage) so
+    they do not all come back at the same instant.
+    """
+    delay = min(cap, base * 2 ** max(0, attempts - 1))
+    return delay * random.uniform(0.5, 1.5)
+
+
+def describe_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PermanentFailure) else str(exc)
+    return text[:MAX_ERROR_CHARS]
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        sources: dict[str, Source],
+        blobs: BlobStore,
+        settings: Settings,
+    ) -> None:
+        self.engine = engine
+        self._writer = writer(engine)
+        self.registry = registry
+        self.sources = sources
+        self.blobs = blobs
+        self.settings = settings
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+
+    # -- running on a thread of its own ---------------------------------------------------------
+
+    def start_in_thread(self) -> None:
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self.run()), name="voicehooks-worker", daemon=True
+        )
+        self._thread.start()
+        self._started.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping = True
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Thread-safe: a job was inserted, look now instead of at the next poll."""
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wakeup.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._started.set()
+        timeout = httpx.Timeout(30.0, connect=10.0)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
+            self._http = http
+            async with anyio.create_task_group() as tasks:
+                for _ in range(max(1, self.settings.worker_concurrency)):
+                    tasks.start_soon(self._loop_forever)
+
+    async def _loop_forever(self) -> None:
+        assert self._wakeup is not None
+        while not self._stopping:
+            try:
+                job = await anyio.to_thread.run_sync(self.claim)
+            except Exception:
+                log.exception("claim_failed")
+                job = None
+            if job is not None:
+                await self.execute(job)
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.settings.worker_poll_seconds)
+
+    async def drain(self) -> int:
+        """Run due jobs until none is left (CLI and tests); returns how many ran."""
+        timeout = httpx.Timeout(30.0, connect=10.0)
+        count = 0
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
+            self._http = http
+            while (job := self.claim()) is not None:
+                await self.execute(job)
+                count += 1
+        return count
+
+    # -- claim --------------------------------------------------------------------------------
+
+    def claim(self) -> ClaimedJob | None:
+        now = utcnow()
+        token = secrets.token_hex(16)
+        lease_until = now + timedelta(seconds=self.settings.job_lease_seconds)
+        due = or_(
+            and_(jobs_table.c.status == JobStatus.pending, jobs_table.c.run_at <= now),
+            and_(jobs_table.c.status == JobStatus.running, jobs_table.c.lease_until < now),
+        )
+        query = (
+            select(
+                jobs_table.c.id,
+                jobs_table.c.delivery_id,
+                jobs_table.c.handler,
+                jobs_table.c.attempts,
+            )
+            .where(due)
+            .order_by(jobs_table.c.run_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        with self._writer.begin() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == row.id)
+                .values(
+                    status=JobStatus.running,
+                    attempts=row.attempts + 1,
+                    lease_until=lease_until,
+                    lease_token=token,
+                )
+            )
+        return ClaimedJob(row.id, row.delivery_id, row.handler, row.attempts + 1, token)
+
+    # -- execute ------------------------------------------------------------------------------
+
+    async def execute(self, job: ClaimedJob) -> None:
+        started = time.perf_counter()
+        heartbeat = asyncio.ensure_future(self._heartbeat(job))
+        try:
+            result = await self._run_handler(job)
+        finally:
+            heartbeat.cancel()
+        metrics.JOB_SECONDS.labels(job.handler).observe(time.perf_counter() - started)
+        metrics.JOBS.labels(job.handler, result).inc()
+
+    async def _run_handler(self, job: ClaimedJob) -> str:
+        spec = self.registry.get(job.handler)
+        with Session(self.engine) as session:
+            try:
+                if spec is None:
+                    raise RuntimeError(
+                        f"handler {job.handler} is not installed (was its plugin removed?)"
+                    )
+                event = self._load_event(session, job)
+                ctx = HandlerContext(
+                    session=session,
+                    blobs=self.blobs,
+                    http=self._http,
+                    settings=self.settings,
+                    job_id=job.id,
+                    attempt=job.attempts,
+                )
+                if inspect.iscoroutinefunction(spec.func):
+                    await spec.func(event, ctx)  # type: ignore[misc]
+                else:
+                    await anyio.to_thread.run_sync(spec.func, event, ctx)
+                done = session.execute(
+                    update(jobs_table)
+                    .where(jobs_table.c.id == job.id, jobs_table.c.lease_token == job.lease_token)
+                    .values(
+                        status=JobStatus.done,
+                        finished_at=utcnow(),
+                        lease_until=None,
+                        last_error=None,
+                    )
+                )
+                if done.rowcount != 1:  # type: ignore[attr-defined]
+                    session.rollback()
+                    log.warning("lease_lost", job_id=job.id, handler=job.handler)
+                    return "lease_lost"
+                session.commit()
+                log.info("job_done", job_id=job.id, handler=job.handler, attempt=job.attempts)
+                return "done"
+            except Exception as exc:
+                session.rollback()
+                return await anyio.to_thread.run_sync(self._record_failure, job, exc)
+
+    def _load_event(self, session: Session, job: ClaimedJob) -> Event:
+        row = session.execute(
+            select(deliveries_table).where(deliveries_table.c.id == job.delivery_id)
+        ).one()
+        source = self.sources.get(row.source)
+        if source is None:
+            raise PermanentFailure(f"delivery {row.id} is from unknown source {row.source!r}")
+        if row.blob_path is not None:
+            body = ReceivedBody(row.size, row.sha256, path=self.blobs.path(row.blob_path))
+        else:
+            body = ReceivedBody(row.size, row.sha256, data=row.body)
+        return Event(
+            row.id, row.source, row.event_type, row.subject_id, row.received_at, body, source
+        )
+
+    def _record_failure(self, job: ClaimedJob, exc: Exception) -> str:
+        message = describe_error(exc)
+        now = utcnow()
+        give_up = (
+            isinstance(exc, PermanentFailure) or job.attempts >= self.settings.job_max_attempts
+        )
+        values: dict[str, object] = {"last_error": message, "lease_until": None}
+        if give_up:
+            values |= {"status": JobStatus.dead, "finished_at": now}
+        else:
+            delay = retry_delay(
+                job.attempts,
+                self.settings.job_retry_base_seconds,
+                self.settings.job_retry_max_seconds,
+            )
+            values |= {"status": JobStatus.pending, "run_at": now + timedelta(seconds=delay)}
+        with self._writer.begin() as conn:
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == job.id, jobs_table.c.lease_token == job.lease_token)
+                .values(**values)
+            )
+        level = log.error if give_up else log.warning
+        level(
+            "job_dead" if give_up else "job_retry",
+            job_id=job.id,
+            handler=job.handler,
+            attempt=job.attempts,
+            error=message,
+            exc_info=not isinstance(exc, PermanentFailure),
+        )
+        return "dead" if give_up else "retry"
+
+    async def _heartbeat(self, job: ClaimedJob) -> None:
+        """Extend the lease while a long handler (a 300 MB audio decode) is still working."""
+        interval = self.settings.job_lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await anyio.to_thread.run_sync(self._extend_lease, job)
+            except Exception:
+                log.warning("lease_extend_failed", job_id=job.id, exc_info=True)
+
+    def _extend_lease(self, job: ClaimedJob) -> None:
+        until: datetime = utcnow() + timedelta(seconds=self.settings.job_lease_seconds)
+        with self._writer.begin() as conn:
+            conn.execute(
+                update(jobs_table)
+                .where(
+                    jobs_table.c.id == job.id,
+                    jobs_table.c.lease_token == job.lease_token,
+                    jobs_table.c.status == JobStatus.running,
+                )
+                .values(lease_until=until)
+            )
