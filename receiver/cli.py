@@ -190,5 +190,8 @@ def deliveries_retry(
         console.print(f"{count} job(s) queued", highlight=False)
 
 
+# -- subcommands from their own modules (one line each) ------------------------------------
+
+
 def main() -> None:
     app()

@@ -1,0 +1,1 @@
+"""Alembic versions for the built-in handlers' tables (one branch per handler family)."""
