@@ -201,13 +201,20 @@ class Worker:
 
     async def _run_handler(self, job: ClaimedJob) -> str:
         spec = self.registry.get(job.handler)
-        with Session(self.engine) as session:
+        try:
+            if spec is None:
+                raise RuntimeError(
+                    f"handler {job.handler} is not installed (was its plugin removed?)"
+                )
+            event = await anyio.to_thread.run_sync(self._load_event, job)
+        except Exception as exc:
+            return await anyio.to_thread.run_sync(self._record_failure, job, exc)
+        # The session's transaction starts at the handler's first statement, not before: a
+        # handler that downloads or decodes first holds no lock meanwhile. On SQLite it begins
+        # IMMEDIATE, because a deferred read that later writes fails at once with "database is
+        # locked" whenever the inbox committed in between (busy_timeout cannot help there).
+        with Session(self._writer) as session:
             try:
-                if spec is None:
-                    raise RuntimeError(
-                        f"handler {job.handler} is not installed (was its plugin removed?)"
-                    )
-                event = self._load_event(session, job)
                 ctx = HandlerContext(
                     session=session,
                     blobs=self.blobs,
@@ -235,16 +242,17 @@ class Worker:
                     log.warning("lease_lost", job_id=job.id, handler=job.handler)
                     return "lease_lost"
                 session.commit()
-                log.info("job_done", job_id=job.id, handler=job.handler, attempt=job.attempts)
-                return "done"
             except Exception as exc:
                 session.rollback()
                 return await anyio.to_thread.run_sync(self._record_failure, job, exc)
+        log.info("job_done", job_id=job.id, handler=job.handler, attempt=job.attempts)
+        return "done"
 
-    def _load_event(self, session: Session, job: ClaimedJob) -> Event:
-        row = session.execute(
-            select(deliveries_table).where(deliveries_table.c.id == job.delivery_id)
-        ).one()
+    def _load_event(self, job: ClaimedJob) -> Event:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(deliveries_table).where(deliveries_table.c.id == job.delivery_id)
+            ).one()
         source = self.sources.get(row.source)
         if source is None:
             raise PermanentFailure(f"delivery {row.id} is from unknown source {row.source!r}")

@@ -1,0 +1,11 @@
+"""A handler module loaded through VOICEHOOKS_PLUGINS=tests.plugins_inline:slow_ack (crash test)."""
+
+import time
+
+from receiver.registry import handler
+
+
+@handler("elevenlabs", "plugin_probe")
+def slow_ack(event, ctx) -> None:  # type: ignore[no-untyped-def]
+    # Slow enough that a backlog of jobs exists when the receiver is killed.
+    time.sleep(0.02)
