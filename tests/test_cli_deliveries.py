@@ -1,0 +1,73 @@
+"""`voicehooks migrate` and `voicehooks deliveries list|show|retry`, with --json for scripts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from receiver.cli import app
+from receiver.inbox import IncomingDelivery
+from receiver.registry import HandlerSpec, Registry
+from receiver.service import Services
+from receiver.sources.base import Authenticity, Identity
+from tests.conftest import make_settings
+
+
+def _boom(event, ctx) -> None:  # type: ignore[no-untyped-def]
+    raise RuntimeError("handler bug")
+
+
+@pytest.fixture
+def cli_env(database_url, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("VOICEHOOKS_DATABASE_URL", database_url)
+    monkeypatch.setenv("VOICEHOOKS_DATA_DIR", str(tmp_path / "data"))
+    return make_settings(database_url, tmp_path / "data")
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_deliveries_commands(cli_env) -> None:  # type: ignore[no-untyped-def]
+    assert "up to date" in run("migrate")
+    registry = Registry([HandlerSpec("elevenlabs", "post_call_transcription", _boom)])
+    services = Services.create(cli_env, registry)
+    services.settings.job_max_attempts = 1
+    incoming = IncomingDelivery(
+        "elevenlabs",
+        Identity("post_call_transcription", "k", "conv-9"),
+        Authenticity("hmac", 0),
+        "ab" * 32,
+        2,
+        body=b"{}",
+    )
+    delivery_id = services.inbox.accept_now(incoming).delivery_id
+    import asyncio
+
+    asyncio.run(services.worker.drain())
+    services.close()
+
+    listed = json.loads(run("deliveries", "list", "--json"))
+    assert [(d["id"], d["subject_id"], d["status"]) for d in listed] == [
+        (delivery_id, "conv-9", "dead")
+    ]
+    assert json.loads(run("deliveries", "list", "--status", "done", "--json")) == []
+    shown = json.loads(run("deliveries", "show", str(delivery_id), "--json"))
+    assert shown["jobs"][0]["last_error"] == "RuntimeError: handler bug"
+    assert "lease_token" not in shown["jobs"][0]
+    assert "conv-9" in run("deliveries", "list")  # the human table
+
+    assert json.loads(run("deliveries", "retry", "--dead", "--json")) == {"requeued": 1}
+    listed = json.loads(run("deliveries", "list", "--json"))
+    assert listed[0]["status"] == "pending"
+
+
+def test_show_unknown_delivery_is_a_clear_error(cli_env) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(app, ["deliveries", "show", "999"])
+    assert result.exit_code == 1
+    assert "no delivery with id 999" in result.output
+    assert "Traceback" not in result.output
