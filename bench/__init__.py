@@ -1,0 +1,1 @@
+"""Benchmarks: runnable scripts (``python -m bench.<name>``), not tests; see bench/README.md."""
