@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     kie_url_token: SecretStr | None = None
     kie_tolerance_seconds: int = 1800
     kie_api_key: SecretStr | None = None
+    # Result audio downloaded from kie.ai is refused past this size (the URL is not trusted).
+    kie_max_audio_bytes: int = 200 * 1024 * 1024
 
     max_body_bytes: int = 256 * 1024 * 1024
     # Bodies up to this size stay in memory and in the delivery row; larger ones are spooled

@@ -1,0 +1,96 @@
+"""``voicehooks tasks list|show``: the kie.ai dialogue tasks the receiver has recorded.
+
+The helpers of ``receiver.cli`` are imported inside the commands: ``receiver.cli`` imports this
+module to register it, so a top-level import would be circular.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+tasks_app = typer.Typer(
+    help="Look at kie.ai dialogue tasks: state, dialogue, result URLs, audio.",
+    no_args_is_help=True,
+)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _turns(task: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in task.get("dialogue") or [] if isinstance(t, dict)]
+
+
+@tasks_app.command("list")
+def tasks_list(
+    limit: Annotated[int, typer.Option(help="How many, most recently updated first.")] = 50,
+    state: Annotated[
+        str | None, typer.Option(help="waiting, queuing, generating, success or fail.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List recorded dialogue tasks."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from handlers.kie_tables import list_tasks
+    from receiver.cli import console, load_services, print_json
+
+    services = load_services()
+    try:
+        tasks = list_tasks(services.engine, limit=limit, state=state)
+    finally:
+        services.close()
+    if as_json:
+        print_json(tasks)
+        return
+    table = Table("task", "state", "model", "turns", "updated", "audio")
+    for task in tasks:
+        audio = task["audio_blob_path"] or ("error" if task["audio_error"] else "-")
+        table.add_row(
+            escape(task["task_id"]),
+            escape(task["state"]),
+            escape(task["model"] or "-"),
+            str(len(_turns(task))),
+            (task["updated_at"] or "")[:19].replace("T", " "),
+            audio,
+        )
+    console.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(task_id: str, as_json: JsonFlag = False) -> None:
+    """Show one task: state, dialogue turns, result URLs, failure and the stored audio."""
+    from rich.markup import escape
+
+    from handlers.kie_tables import get_task
+    from receiver.cli import console, fail, load_services, print_json
+
+    services = load_services()
+    try:
+        task = get_task(services.engine, task_id)
+        audio_file = (
+            str(services.blobs.path(task["audio_blob_path"]))
+            if task and task["audio_blob_path"]
+            else None
+        )
+    finally:
+        services.close()
+    if task is None:
+        raise fail(f"no kie.ai task with id {task_id!r}")
+    task["audio_file"] = audio_file
+    if as_json:
+        print_json(task)
+        return
+    skip = {"dialogue", "result_urls", "raw_record", "audio_files"}
+    for key, value in task.items():
+        if key not in skip and value is not None:
+            console.print(f"[bold]{key}[/bold]: {escape(str(value))}", highlight=False)
+    turns = _turns(task)
+    if turns:
+        console.print(f"[bold]dialogue[/bold] ({len(turns)} turns):", highlight=False)
+        for turn in turns:
+            line = f"{turn.get('voice') or '?'}: {turn.get('text') or ''}"
+            console.print(f"  {escape(line)}", highlight=False)
+    for url in task.get("result_urls") or []:
+        console.print(f"[bold]result url[/bold]: {escape(url)}", highlight=False)
