@@ -1,0 +1,484 @@
+"""Replaying payload files: sign them as their provider would and deliver them.
+
+Replay exists so a handler can be exercised with a real-shaped event, and so a stored delivery
+can become a regression fixture (``deliveries export``) that is sent again later. It is only
+useful if what arrives is indistinguishable from the provider's own request: the exact file
+bytes, a signature made the provider's way with a fresh timestamp (old fixtures must pass the
+tolerance), and ``post_call_audio`` streamed with ``Transfer-Encoding: chunked`` as ElevenLabs
+sends it. ``--in-process`` drives the real Starlette app through ``httpx.ASGITransport``, so the
+in-process and HTTP paths share every line of the ingest code; only the socket is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import hmac
+import json
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio
+import httpx
+from sqlalchemy import Engine, select
+
+from receiver import jsonstream
+from receiver.settings import Settings
+from receiver.sources import elevenlabs
+from receiver.store.blobs import BlobStore
+from receiver.store.models import Delivery
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+IN_PROCESS_URL = "http://in-process"
+# Bodies above this are streamed (and signed) from disk in chunks, never read whole; it matches
+# the receiver's default spool threshold, past which it keeps the body as a blob too.
+STREAM_ABOVE_BYTES = 1024 * 1024
+CHUNK_BYTES = 64 * 1024
+CHUNKED_EVENT_TYPES = frozenset({elevenlabs.AUDIO_EVENT})
+KIE_EVENT_TYPE = "task_callback"
+_FIELDS = [
+    ("type",),
+    ("event_timestamp",),
+    ("code",),
+    ("msg",),
+    ("taskId",),
+    ("data", "taskId"),
+    ("data", "task_id"),
+    ("data", "state"),
+    ("data", "conversation_id"),
+    ("data", "agent_id"),
+]
+
+
+class ReplayError(Exception):
+    """A payload that cannot be signed or sent; the message says what to do about it."""
+
+
+# -- finding the files ----------------------------------------------------------------------
+
+
+def collect_paths(arguments: Iterable[str]) -> list[Path]:
+    """Files named directly, ``*.json`` under directories (recursively), and glob matches.
+
+    Order is kept as given (directories and globs sorted) because it can matter: a late kie.ai
+    ``waiting`` callback after its ``success`` is a different test from the reverse.
+    """
+    found: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*.json") if p.is_file()))
+        else:
+            matches = sorted(glob.glob(argument, recursive=True))
+            if not matches:
+                raise ReplayError(f"{argument}: no such file, directory or glob match")
+            for match in map(Path, matches):
+                if match.is_dir():
+                    found.extend(sorted(p for p in match.rglob("*.json") if p.is_file()))
+                elif match.is_file():
+                    found.append(match)
+    unique: dict[Path, None] = {}
+    for path in found:
+        unique.setdefault(path, None)
+    return list(unique)
+
+
+# -- what a payload is ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One payload file and what replay needs to know about it."""
+
+    path: Path
+    source: str
+    size: int
+    event_type: str | None = None
+    task_id: str | None = None
+    state: str | None = None
+
+    @property
+    def chunked(self) -> bool:
+        """Sent as ElevenLabs sends audio: chunked, streamed from disk (and any big body)."""
+        return self.event_type in CHUNKED_EVENT_TYPES or self.size > STREAM_ABOVE_BYTES
+
+    @property
+    def label(self) -> str:
+        """The event type as the receiver will classify it, with the kie.ai state."""
+        if self.source == "kie":
+            kind = KIE_EVENT_TYPE if self.task_id else "(no taskId)"
+            return f"{kind} ({self.state})" if self.state else kind
+        return self.event_type or "-"
+
+
+def _read_document(path: Path, size: int) -> dict[str, Any] | None:
+    """The fields replay looks at, or None when the file is not a JSON object.
+
+    A small file is parsed whole; a big one (audio) is scanned with the streaming reader, which
+    skips the huge base64 value without holding it.
+    """
+    if size <= STREAM_ABOVE_BYTES:
+        try:
+            document = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return document if isinstance(document, dict) else None
+    try:
+        with open(path, "rb") as fh:
+            fields = jsonstream.read_fields(fh, _FIELDS)
+    except ValueError:
+        return None
+    document: dict[str, Any] = {}
+    for key, value in fields.items():
+        if len(key) == 1:
+            document[key[0]] = value
+        else:
+            document.setdefault("data", {})[key[1]] = value
+    return document
+
+
+def infer_source(document: dict[str, Any]) -> str | None:
+    """``elevenlabs``, ``kie`` or None, from the shape of the body.
+
+    ElevenLabs wraps every event as ``{"type", "event_timestamp", "data": {...}}``; a kie.ai
+    callback is the recordInfo response ``{"code", "msg", "data": {"taskId", "state", ...}}``
+    (some pages put the id at the top level or in ``data.task_id``).
+    """
+    from receiver.sources.kie import task_id_of
+
+    data = document.get("data")
+    if "taskId" in document or ("code" in document and "msg" in document):
+        return "kie"
+    if isinstance(document.get("type"), str) and isinstance(data, dict):
+        return "elevenlabs"
+    if task_id_of(document) or (isinstance(data, dict) and "state" in data):
+        return "kie"
+    return None
+
+
+def inspect_payload(path: Path, source: str | None = None) -> Payload:
+    """Read what replay needs from ``path``; ``source`` overrides the inference."""
+    from receiver.sources.kie import task_id_of
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ReplayError(f"cannot read it ({exc.strerror})") from None
+    document = _read_document(path, size)
+    if source is None:
+        if document is None:
+            raise ReplayError("not a JSON object, so its source is unknown; pass --source")
+        source = infer_source(document)
+        if source is None:
+            raise ReplayError(
+                "neither an ElevenLabs event ({type, data}) nor a kie.ai callback "
+                "({code, msg, data.taskId}); pass --source to send it anyway"
+            )
+    document = document or {}
+    data = document.get("data")
+    data = data if isinstance(data, dict) else {}
+    if source == "kie":
+        state = data.get("state")
+        return Payload(
+            path,
+            source,
+            size,
+            KIE_EVENT_TYPE,
+            task_id_of(document),
+            state if isinstance(state, str) else None,
+        )
+    event_type = document.get("type")
+    return Payload(path, source, size, event_type if isinstance(event_type, str) else None)
+
+
+# -- signing --------------------------------------------------------------------------------
+
+
+def file_chunks_sync(path: Path) -> Iterable[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            yield chunk
+
+
+def sign_elevenlabs_file(secret: str, path: Path, timestamp: int | None = None) -> str:
+    """The ``ElevenLabs-Signature`` for the file's bytes, without holding a big file in memory.
+
+    Small files go through ``receiver.sources.elevenlabs.sign`` itself; big ones are hashed in
+    chunks into exactly the same HMAC (``<t>.`` followed by the raw bytes).
+    """
+    ts = int(time.time()) if timestamp is None else timestamp
+    if path.stat().st_size <= STREAM_ABOVE_BYTES:
+        return elevenlabs.sign(secret, path.read_bytes(), ts)
+    mac = hmac.new(secret.encode(), f"{ts}.".encode(), hashlib.sha256)
+    for chunk in file_chunks_sync(path):
+        mac.update(chunk)
+    return f"t={ts},v0={mac.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """Everything that authenticates one request, as the provider would send it."""
+
+    source: str
+    headers: dict[str, str]
+    params: dict[str, str] = field(default_factory=dict)
+    auth: str = "hmac"
+    # Seconds the receiver will accept this signature for (None: a URL token never expires).
+    valid_for: int | None = None
+
+    @property
+    def path(self) -> str:
+        return f"/webhooks/{self.source}"
+
+
+def sign_request(
+    payload: Payload, settings: Settings, *, timestamp: int | None = None
+) -> SignedRequest:
+    """Sign ``payload`` with the first configured secret of its source."""
+    headers = {"Content-Type": "application/json"}
+    if payload.source == "elevenlabs":
+        secrets = settings.elevenlabs_secrets
+        if not secrets:
+            raise ReplayError(
+                "no ElevenLabs secret configured: set VOICEHOOKS_ELEVENLABS_SECRETS to the "
+                "receiver's secret"
+            )
+        secret = secrets[0].get_secret_value()
+        headers["ElevenLabs-Signature"] = sign_elevenlabs_file(secret, payload.path, timestamp)
+        return SignedRequest("elevenlabs", headers, valid_for=settings.elevenlabs_tolerance_seconds)
+    if payload.source == "kie":
+        from receiver.sources.kie import sign_headers
+
+        keys, token = settings.kie_hmac_keys, settings.kie_url_token
+        token_value = token.get_secret_value() if token is not None else ""
+        if keys and payload.task_id:
+            headers |= sign_headers(keys[0].get_secret_value(), payload.task_id, timestamp)
+            return SignedRequest("kie", headers, valid_for=settings.kie_tolerance_seconds)
+        if token_value:
+            return SignedRequest("kie", headers, {"token": token_value}, auth="url_token")
+        if keys:
+            raise ReplayError(
+                "no taskId (data.taskId, taskId or data.task_id), so it cannot "
+                "be HMAC-signed; set VOICEHOOKS_KIE_URL_TOKEN to send it with the URL token"
+            )
+        raise ReplayError(
+            "no kie.ai key configured: set VOICEHOOKS_KIE_HMAC_KEYS or VOICEHOOKS_KIE_URL_TOKEN"
+        )
+    raise ReplayError(f"cannot sign for source {payload.source!r} (known: elevenlabs, kie)")
+
+
+# -- sending --------------------------------------------------------------------------------
+
+
+async def file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """The file in chunks, read off the event loop: httpx sends it chunked, as it streams."""
+    async with await anyio.open_file(path, "rb") as fh:
+        while chunk := await fh.read(CHUNK_BYTES):
+            yield chunk
+
+
+@dataclass
+class ReplayResult:
+    """What happened to one payload (``acknowledged`` means the receiver answered 200)."""
+
+    path: Path
+    name: str
+    source: str | None = None
+    event_type: str | None = None
+    status_code: int | None = None
+    delivery_id: int | None = None
+    duplicate: bool | None = None
+    chunked: bool = False
+    error: str | None = None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.status_code == 200 and self.delivery_id is not None
+
+    @property
+    def outcome(self) -> str:
+        if self.acknowledged:
+            return "duplicate" if self.duplicate else "new"
+        return self.error or "not acknowledged"
+
+    @property
+    def short_outcome(self) -> str:
+        """A word or two for a table cell (``error`` holds the sentence)."""
+        if self.acknowledged or self.status_code is None:
+            return self.outcome if self.acknowledged else "not sent"
+        code = (self.error or "").split(":", 1)[0]
+        return code if code and " " not in code else f"HTTP {self.status_code}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.name,
+            "source": self.source,
+            "type": self.event_type,
+            "status_code": self.status_code,
+            "delivery_id": self.delivery_id,
+            "duplicate": self.duplicate,
+            "chunked": self.chunked,
+            "acknowledged": self.acknowledged,
+            "error": self.error,
+        }
+
+
+def _refusal(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(body, dict) and "error" in body:
+        return f"{body['error']}: {body.get('detail', '')}".rstrip(": ")
+    return f"HTTP {response.status_code}"
+
+
+class Replayer:
+    """Sends payload files to a receiver over HTTP, or into the local store in-process.
+
+    Use as ``async with Replayer(settings, url=...) as replayer: await replayer.send(path)``.
+    In-process, the real app is built with ``create_app(settings, run_worker=False)`` and its
+    lifespan runs here (migrations, the inbox writer): jobs are queued for ``voicehooks worker``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        url: str = DEFAULT_URL,
+        in_process: bool = False,
+        timeout: float = 120.0,
+    ) -> None:
+        self.settings = settings
+        self.url = IN_PROCESS_URL if in_process else url.rstrip("/")
+        self.in_process = in_process
+        self._timeout = timeout
+        self._stack = contextlib.AsyncExitStack()
+        self.client: httpx.AsyncClient | None = None
+        self.app: Any = None
+
+    async def __aenter__(self) -> Replayer:
+        transport: httpx.AsyncBaseTransport | None = None
+        if self.in_process:
+            from receiver.app import create_app
+
+            self.app = create_app(self.settings, run_worker=False)
+            await self._stack.enter_async_context(self.app.router.lifespan_context(self.app))
+            transport = httpx.ASGITransport(app=self.app)
+        self.client = await self._stack.enter_async_context(
+            httpx.AsyncClient(base_url=self.url, transport=transport, timeout=self._timeout)
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    async def check_reachable(self) -> None:
+        """Fail early, with a hint, when nothing listens at the URL."""
+        assert self.client is not None
+        if self.in_process:
+            return
+        try:
+            await self.client.get("/healthz", timeout=10)
+        except httpx.HTTPError as exc:
+            raise ReplayError(
+                f"no receiver answers at {self.url} ({type(exc).__name__}); start "
+                "`voicehooks serve`, pass --url, or use --in-process"
+            ) from None
+
+    async def send(
+        self, path: Path, *, source: str | None = None, name: str | None = None
+    ) -> ReplayResult:
+        """Sign ``path`` with a fresh timestamp and POST it; never raises for one bad file."""
+        assert self.client is not None
+        result = ReplayResult(path, name or str(path))
+        try:
+            payload = await anyio.to_thread.run_sync(inspect_payload, path, source)
+            result.source, result.event_type = payload.source, payload.label
+            signed = await anyio.to_thread.run_sync(lambda: sign_request(payload, self.settings))
+        except ReplayError as exc:
+            result.error = str(exc)
+            return result
+        content: Any = file_chunks(path) if payload.chunked else path.read_bytes()
+        try:
+            response = await self.client.post(
+                signed.path, content=content, headers=signed.headers, params=signed.params
+            )
+        except httpx.HTTPError as exc:
+            result.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            return result
+        sent = response.request.headers
+        result.chunked = (
+            sent.get("transfer-encoding", "").lower() == "chunked" and "content-length" not in sent
+        )
+        result.status_code = response.status_code
+        if response.status_code != 200:
+            result.error = _refusal(response)
+            return result
+        try:
+            answer = response.json()
+            result.delivery_id = int(answer["delivery_id"])
+            result.duplicate = bool(answer.get("duplicate"))
+        except (ValueError, KeyError, TypeError):
+            result.error = "200 without a delivery id: is this a voicehooks receiver?"
+        return result
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+def export_delivery(
+    engine: Engine, blobs: BlobStore, delivery_id: int, out: BinaryIO
+) -> dict[str, Any]:
+    """Copy a stored body, byte for byte, to ``out``; checks it against its stored sha256.
+
+    Only the body: no headers, no signature, no secret, so the file can be committed as a
+    fixture and replayed (``replay`` signs it afresh).
+    """
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(Delivery.__table__).where(Delivery.__table__.c.id == delivery_id)  # type: ignore[attr-defined]
+        ).first()
+    if row is None:
+        raise LookupError(f"no delivery with id {delivery_id}")
+    digest = hashlib.sha256()
+    if row.blob_path is not None:
+        with open(blobs.path(row.blob_path), "rb") as fh:
+            while chunk := fh.read(CHUNK_BYTES):
+                digest.update(chunk)
+                out.write(chunk)
+    else:
+        data = row.body or b""
+        digest.update(data)
+        out.write(data)
+    if digest.hexdigest() != row.sha256:
+        raise ValueError(
+            f"delivery {delivery_id}: the stored body does not match its recorded sha256 "
+            "(the blob was changed on disk)"
+        )
+    return {key: value for key, value in row._mapping.items() if key != "body"}
+
+
+def export_to_file(
+    engine: Engine, blobs: BlobStore, delivery_id: int, target: Path
+) -> dict[str, Any]:
+    """``export_delivery`` into ``target``, written to a temporary file then renamed: a failed
+    export never leaves a truncated fixture behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            delivery = export_delivery(engine, blobs, delivery_id, fh)
+        os.replace(name, target)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return delivery
