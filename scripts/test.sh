@@ -4,25 +4,8 @@
 # run as root, installs PostgreSQL (the tests start throwaway servers).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-
-if [ ! -x .venv/bin/python ]; then
-    python=$(command -v python3.11 || command -v python3 || true)
-    if [ -z "$python" ]; then
-        echo "error: python3.11 (or python3) not found" >&2
-        exit 1
-    fi
-    echo "creating .venv with $python"
-    "$python" -m venv .venv
-fi
-# Editable install: only a changed pyproject.toml needs a reinstall.
-stamp=".venv/.installed-test-$(sha256sum pyproject.toml | cut -c1-16)"
-if [ ! -e "$stamp" ]; then
-    echo "installing voicehooks[test] into .venv"
-    .venv/bin/python -m pip install --quiet --editable '.[test]'
-    rm -f .venv/.installed-*
-    touch "$stamp"
-fi
+source scripts/venv.sh
+ensure_venv test
 
 # tests/pgserver.py knows where to look for the PostgreSQL binaries.
 have_postgres() {

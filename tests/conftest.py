@@ -8,6 +8,7 @@ one fresh database per test).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -120,32 +122,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Serve an ASGI app under a real uvicorn on a loopback port; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
 @pytest.fixture
 def live_server() -> Iterator[Callable[..., LiveServer]]:
     """Start the real app under uvicorn on a loopback port, in a background thread."""
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    with contextlib.ExitStack() as servers:
 
-    def start(services: Services, *, run_worker: bool = True) -> LiveServer:
-        app = create_app(services=services, run_worker=run_worker)
-        port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        servers.append((server, thread))
-        return LiveServer(f"http://127.0.0.1:{port}", services)
+        def start(services: Services, *, run_worker: bool = True) -> LiveServer:
+            app = create_app(services=services, run_worker=run_worker)
+            return LiveServer(servers.enter_context(serve_in_thread(app)), services)
 
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(30)
+        yield start
 
 
 def fixture_bytes(relative: str) -> bytes:

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -42,7 +40,7 @@ from receiver.sources import elevenlabs
 from receiver.sources.elevenlabs import ElevenLabsSource
 from receiver.sources.kie import KieSource
 from receiver.store.models import Delivery, Job
-from tests.conftest import FIXTURES, SECRET, free_port, make_settings
+from tests.conftest import FIXTURES, SECRET, free_port, make_settings, serve_in_thread
 
 KIE_KEY = "kie_test_hmac_key"
 KIE_TASK = "5f1c0a9e3b7d4c2a8e6f1b0d9c8a7e01"
@@ -105,22 +103,8 @@ class RecordingApp:
 def recording_server(services: Services) -> Iterator[tuple[str, RecordingApp]]:
     """The real app under uvicorn on loopback, wrapped so the test sees the request headers."""
     recorder = RecordingApp(create_app(services=services, run_worker=False))
-    port = free_port()
-    config = uvicorn.Config(
-        recorder, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", recorder
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serve_in_thread(recorder) as url:
+        yield url, recorder
 
 
 async def replay_all(settings: Settings, paths: list[Path], **options: Any) -> list[Any]:
