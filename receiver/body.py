@@ -57,7 +57,9 @@ async def read_body(
 ) -> ReceivedBody:
     """Consume ``chunks`` into a ReceivedBody, calling ``on_chunk`` for each piece."""
     digest = hashlib.sha256()
-    buffer = bytearray()
+    # In-memory chunks are kept as they came and joined once at the end (a body that arrives in
+    # one chunk, as small webhooks do, is then never copied).
+    buffered: list[bytes] = []
     spool_path: Path | None = None
     spool: BinaryIO | None = None
     size = 0
@@ -73,15 +75,15 @@ async def read_body(
             if spool is not None:
                 spool.write(chunk)
                 continue
-            buffer += chunk
-            if len(buffer) > spool_threshold:
+            buffered.append(chunk)
+            if size > spool_threshold:
                 spool_path, spool = blobs.new_spool_file()
-                spool.write(buffer)
-                buffer = bytearray()
+                spool.writelines(buffered)
+                buffered = []
         if spool is not None:
             spool.close()
             return ReceivedBody(size=size, sha256=digest.hexdigest(), path=spool_path)
-        return ReceivedBody(size=size, sha256=digest.hexdigest(), data=bytes(buffer))
+        return ReceivedBody(size=size, sha256=digest.hexdigest(), data=b"".join(buffered))
     except BaseException:
         if spool is not None:
             spool.close()

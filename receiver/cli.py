@@ -64,7 +64,7 @@ def serve(
     """Run the receiver (with in-process workers unless --no-worker)."""
     import uvicorn
 
-    from receiver.app import create_app
+    from receiver.app import create_app, server_options
 
     settings = Settings()
     configure_logging(settings.log_level)
@@ -73,15 +73,7 @@ def serve(
         highlight=False,
     )
     app_ = create_app(settings, run_worker=not no_worker)
-    uvicorn.run(
-        app_,
-        host=host,
-        port=port,
-        log_level=settings.log_level,
-        proxy_headers=False,
-        server_header=False,
-        timeout_graceful_shutdown=30,
-    )
+    uvicorn.run(app_, host=host, port=port, **server_options(settings))
 
 
 @app.command()
@@ -191,6 +183,12 @@ def deliveries_retry(
 
 
 # -- subcommands from their own modules (one line each) ------------------------------------
+import receiver.cli_replay  # noqa: E402, F401  (registers replay, sign, demo, deliveries export)
+from receiver.cli_conversations import conversations_app  # noqa: E402
+from receiver.cli_tasks import tasks_app  # noqa: E402
+
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(conversations_app, name="conversations")
 
 
 def main() -> None:

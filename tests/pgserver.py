@@ -84,9 +84,13 @@ def _world_traversable(path: Path) -> bool:
 class PostgresServer:
     """Start a real PostgreSQL server in a temporary directory; see the module docstring."""
 
-    def __init__(self, bindir: Path | None = None, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self, bindir: Path | None = None, startup_timeout: float = 60.0, *, durable: bool = False
+    ) -> None:
         self.bindir = bindir
         self.startup_timeout = startup_timeout
+        # Tests trade durability for speed (fsync off); benchmarks need the real thing.
+        self.durable = durable
         self.port: int | None = None
         self.tmpdir: Path | None = None
         self._run_as: str | None = None
@@ -169,7 +173,11 @@ class PostgresServer:
             self.port = _free_port()
             options = (
                 f"-p {self.port} -c listen_addresses=127.0.0.1 -k {shlex.quote(str(self.tmpdir))} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                + (
+                    "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+                    if self.durable
+                    else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                )
             )
             result = self._pg(
                 "pg_ctl", "start", "-D", self.datadir, "-l", self.logfile,
