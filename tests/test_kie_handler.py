@@ -393,7 +393,8 @@ def test_server_error_then_success_is_retried_in_place(sqlite_services, audio_se
 
 
 def test_a_host_that_stays_down_retries_the_job_later(sqlite_services, audio_server) -> None:  # type: ignore[no-untyped-def]
-    services = sqlite_services()
+    # A long job backoff, so "later" cannot come around within this drain.
+    services = sqlite_services(job_retry_base_seconds=60, job_retry_max_seconds=60)
     url = audio_server.route("/down.mp3", Reply(502, b"bad gateway", "text/plain"))
     deliver(services, body_with("success", [url]))
     drain(services)
@@ -407,7 +408,7 @@ def test_a_host_that_stays_down_retries_the_job_later(sqlite_services, audio_ser
 def test_a_closed_port_is_a_network_error_retried_later(sqlite_services) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import free_port
 
-    services = sqlite_services()
+    services = sqlite_services(job_retry_base_seconds=60, job_retry_max_seconds=60)
     deliver(services, body_with("success", [f"http://127.0.0.1:{free_port()}/gone.mp3"]))
     drain(services)
     (job,) = jobs(services)
