@@ -67,7 +67,7 @@ def test_failing_handler_retries_with_backoff_then_goes_dead(
         database_url,
         tmp_path / "d",
         job_max_attempts=3,
-        job_retry_base_seconds=0.05,
+        job_retry_base_seconds=0.3,  # "not due yet" must not race drain()
         job_retry_max_seconds=1,
     )
     services = services_factory(
