@@ -20,6 +20,7 @@ import random
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -213,40 +214,55 @@ class Worker:
         # handler that downloads or decodes first holds no lock meanwhile. On SQLite it begins
         # IMMEDIATE, because a deferred read that later writes fails at once with "database is
         # locked" whenever the inbox committed in between (busy_timeout cannot help there).
+        # Completion never runs on the event loop: a commit that waits for SQLite's lock there
+        # would stall the very loop another job's thread needs in order to release it.
         with Session(self._writer) as session:
+            ctx = HandlerContext(
+                session=session,
+                blobs=self.blobs,
+                http=self._http,
+                settings=self.settings,
+                job_id=job.id,
+                attempt=job.attempts,
+            )
             try:
-                ctx = HandlerContext(
-                    session=session,
-                    blobs=self.blobs,
-                    http=self._http,
-                    settings=self.settings,
-                    job_id=job.id,
-                    attempt=job.attempts,
-                )
                 if inspect.iscoroutinefunction(spec.func):
                     await spec.func(event, ctx)  # type: ignore[misc]
+                    completed = await anyio.to_thread.run_sync(self._complete, session, job)
                 else:
-                    await anyio.to_thread.run_sync(spec.func, event, ctx)
-                done = session.execute(
-                    update(jobs_table)
-                    .where(jobs_table.c.id == job.id, jobs_table.c.lease_token == job.lease_token)
-                    .values(
-                        status=JobStatus.done,
-                        finished_at=utcnow(),
-                        lease_until=None,
-                        last_error=None,
+                    # Handler, completion and commit in one thread: one transaction, one owner.
+                    completed = await anyio.to_thread.run_sync(
+                        self._run_sync_handler, spec.func, event, ctx, job
                     )
-                )
-                if done.rowcount != 1:  # type: ignore[attr-defined]
-                    session.rollback()
-                    log.warning("lease_lost", job_id=job.id, handler=job.handler)
-                    return "lease_lost"
-                session.commit()
             except Exception as exc:
-                session.rollback()
+                await anyio.to_thread.run_sync(session.rollback)
                 return await anyio.to_thread.run_sync(self._record_failure, job, exc)
+        if not completed:
+            log.warning("lease_lost", job_id=job.id, handler=job.handler)
+            return "lease_lost"
         log.info("job_done", job_id=job.id, handler=job.handler, attempt=job.attempts)
         return "done"
+
+    def _run_sync_handler(
+        self, func: Callable[..., object], event: Event, ctx: HandlerContext, job: ClaimedJob
+    ) -> bool:
+        func(event, ctx)
+        return self._complete(ctx.session, job)
+
+    @staticmethod
+    def _complete(session: Session, job: ClaimedJob) -> bool:
+        """Mark the job done in the handler's transaction and commit; False if the lease was lost
+        (another worker took the job over), in which case the handler's writes are rolled back."""
+        done = session.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job.id, jobs_table.c.lease_token == job.lease_token)
+            .values(status=JobStatus.done, finished_at=utcnow(), lease_until=None, last_error=None)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()
+            return False
+        session.commit()
+        return True
 
     def _load_event(self, job: ClaimedJob) -> Event:
         with self.engine.connect() as conn:

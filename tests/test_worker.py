@@ -253,3 +253,48 @@ def test_job_for_uninstalled_handler_fails_with_a_clear_message(
     drain(services)
     (job,) = job_rows(services)
     assert job.status == "dead" and "is not installed" in job.last_error
+
+
+def test_sync_and_async_handlers_of_one_event_do_not_deadlock(
+    database_url,
+    tmp_path,
+    services_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    """A sync handler's commit must not need the event loop an async job may be blocking."""
+    finished: list[str] = []
+
+    def sync_writer(event, ctx) -> None:  # type: ignore[no-untyped-def]
+        ctx.session.execute(side_effects.insert().values(note=f"sync {event.delivery_id}"))
+        time.sleep(0.05)  # hold the write lock while the async job wants it
+        finished.append("sync")
+
+    async def async_writer(event, ctx) -> None:  # type: ignore[no-untyped-def]
+        ctx.session.execute(side_effects.insert().values(note=f"async {event.delivery_id}"))
+        finished.append("async")
+
+    settings = make_settings(database_url, tmp_path / "d", worker_concurrency=2)
+    services = services_factory(
+        settings,
+        Registry(
+            [
+                HandlerSpec("elevenlabs", "post_call_transcription", sync_writer),
+                HandlerSpec("elevenlabs", "post_call_transcription", async_writer),
+            ]
+        ),
+    )
+    side_effects.create(services.engine)
+    services.worker.start_in_thread()
+    try:
+        store(services, n=3)
+        started = time.monotonic()
+        wait_until(
+            lambda: (
+                all(row.status == "done" for row in job_rows(services))
+                and len(job_rows(services)) == 6
+            ),
+            timeout=20,
+        )
+    finally:
+        services.worker.stop()
+    assert time.monotonic() - started < 10  # not a busy-timeout (30 s) stall
+    assert sorted(finished) == ["async"] * 3 + ["sync"] * 3
