@@ -55,7 +55,7 @@ def run_wrk(
     ]
     result: dict[str, Any] = {"bodies_prepared": bodies_needed}
     try:
-        with cpu_meter(server.pid, result):
+        with cpu_meter(server, result):
             completed = subprocess.run(argv, capture_output=True, text=True, check=False)
     finally:
         datafile.unlink(missing_ok=True)
@@ -106,7 +106,7 @@ def run_paced_phase(
         )
 
     result: dict[str, Any] = {}
-    with cpu_meter(server.pid, result):
+    with cpu_meter(server, result):
         paced = _run_async(go())
     return paced.summary() | result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,26 @@ def _busy_ticks() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
+def wait_for_quiet(threshold: float, timeout: float, sample: float = 1.0) -> dict[str, float]:
+    """Wait (up to ``timeout`` s) until the machine's CPU is at most ``threshold`` busy.
+
+    Called between phases, when the server under test is idle: what is busy then is someone
+    else. A shared machine makes every number noisy; this lowers the odds that a phase starts
+    in the middle of another job's burst (``cpu_meter`` still records what happened during it).
+    """
+    started = time.monotonic()
+    if timeout <= 0:
+        return {"busy_share": -1.0, "waited_s": 0.0}  # not waiting (--quick)
+    while True:
+        busy0, total0 = _busy_ticks()
+        time.sleep(sample)
+        busy1, total1 = _busy_ticks()
+        share = (busy1 - busy0) / ((total1 - total0) or 1)
+        waited = time.monotonic() - started
+        if share <= threshold or waited >= timeout:
+            return {"busy_share": round(share, 3), "waited_s": round(waited, 1)}
+
+
 def process_cpu_seconds(pid: int) -> float:
     """CPU time of a process and all its threads (utime + stime)."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -56,22 +77,53 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (for a database server: the postmaster and backends)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    tree, frontier = [pid], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        tree += children
+        frontier = children
+    return tree
+
+
+def _cpu_of(pids: list[int]) -> dict[int, float]:
+    seconds = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):  # a backend may have exited
+            seconds[pid] = process_cpu_seconds(pid)
+    return seconds
+
+
 @contextmanager
-def cpu_meter(server_pid: int, into: dict[str, Any]) -> Iterator[None]:
-    """Record how the machine's CPU was spent during a phase: server, load generator, others.
+def cpu_meter(server: Server, into: dict[str, Any]) -> Iterator[None]:
+    """Record how the machine's CPU was spent during a phase: server (and its database server,
+    if any), load generator, and everything else.
 
     The machine is small and may be shared: ``other_cpu_share`` says whether something else
     used it while we measured (well above 0.1 and the numbers are not to be trusted).
     """
+    database_pids = server.database_pids() if server.database_pids else []
     busy0, total0 = _busy_ticks()
-    server0 = process_cpu_seconds(server_pid)
+    server0 = process_cpu_seconds(server.pid)
+    database0 = _cpu_of(database_pids)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.monotonic()
     yield
     wall = time.monotonic() - wall0
     busy1, total1 = _busy_ticks()
-    server = process_cpu_seconds(server_pid) - server0
+    used = process_cpu_seconds(server.pid) - server0
+    database1 = _cpu_of(database_pids)
+    database = sum(database1[pid] - database0[pid] for pid in database1.keys() & database0.keys())
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     self1 = resource.getrusage(resource.RUSAGE_SELF)
     load = (children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime) + (
@@ -82,9 +134,10 @@ def cpu_meter(server_pid: int, into: dict[str, Any]) -> Iterator[None]:
     capacity = (total1 - total0) / tick or 1.0
     into["cpu"] = {
         "wall_s": round(wall, 2),
-        "server_cpu_s": round(server, 2),
+        "server_cpu_s": round(used, 2),
+        "database_cpu_s": round(database, 2),
         "load_generator_cpu_s": round(load, 2),
-        "other_cpu_share": round(max(0.0, busy - server - load) / capacity, 3),
+        "other_cpu_share": round(max(0.0, busy - used - database - load) / capacity, 3),
     }
 
 
@@ -117,6 +170,8 @@ class Server:
         self.argv = [*argv, "--port", str(self.port)]
         self.log = workdir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # The processes of the database server it uses, if that is a separate server.
+        self.database_pids: Callable[[], list[int]] | None = None
 
     @property
     def pid(self) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Server, base_env, voicehooks_argv
+from bench.procs import Server, base_env, process_tree, voicehooks_argv
 
 SECRET = "wsec_bench_secret_not_for_production"
 # The voicehooks targets: (store, whether `serve` runs its workers in-process). The ingest rows
@@ -131,7 +131,10 @@ def _voicehooks(
             extra["VOICEHOOKS_PLUGINS"] = "bench.probe_handler"
         elif not in_process_workers:
             argv.append("--no-worker")
-        return Server(server_name, argv, env | extra, workdir)
+        server = Server(server_name, argv, env | extra, workdir)
+        if postgres is not None:
+            server.database_pids = lambda: process_tree(_postmaster_pid(postgres))
+        return server
 
     store = "PostgreSQL" if postgres is not None else "SQLite"
     describe = f"voicehooks serve, {store}" + (
@@ -164,6 +167,10 @@ def _durable_postgres(cleanup: list[Callable[[], None]]) -> Any:
     server = PostgresServer(durable=True).start()
     cleanup.append(server.stop)
     return server
+
+
+def _postmaster_pid(server: Any) -> int:
+    return int((server.datadir / "postmaster.pid").read_text().split()[0])
 
 
 def _new_pg_database(server: Any, server_name: str) -> str:

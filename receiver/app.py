@@ -15,17 +15,19 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.applications import Starlette
-from starlette.datastructures import QueryParams
+from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from receiver import metrics
-from receiver.body import read_body, too_large
+from receiver.body import asgi_body_chunks, read_body, too_large
 from receiver.errors import WebhookError
 from receiver.inbox import IncomingDelivery, Receipt
 from receiver.service import Services
 from receiver.settings import Settings
+from receiver.sources.base import Source
 from receiver.store import migrate
 
 log = structlog.get_logger(__name__)
@@ -35,13 +37,16 @@ _NO_QUERY = QueryParams()  # immutable, so one instance serves every request wit
 NOT_JSON = ("multipart/", "application/x-www-form-urlencoded")
 
 
-def _received(receipt: Receipt) -> Response:
-    """The 200 answer: the bytes ``JSONResponse`` would render, without ``json.dumps``."""
+async def _send_received(send: Send, receipt: Receipt) -> None:
+    """The 200 answer, sent as ASGI messages: the same status, headers and bytes as
+    ``JSONResponse`` would send, without ``json.dumps`` or a Response object per delivery."""
     body = b'{"status":"received","delivery_id":%d,"duplicate":%s}' % (
         receipt.delivery_id,
         b"true" if receipt.duplicate else b"false",
     )
-    return Response(body, media_type="application/json")
+    headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 _counters: dict[tuple[str, str], Any] = {}
@@ -53,6 +58,86 @@ def _count(source: str, outcome: str) -> None:
     if counter is None:
         counter = _counters[(source, outcome)] = metrics.DELIVERIES.labels(source, outcome)
     counter.inc()
+
+
+class WebhookEndpoint:
+    """``POST /webhooks/<source>``, as a plain ASGI app (Starlette routes to it unchanged).
+
+    This is the hot path, so it works on the ASGI messages directly: a function endpoint would
+    cost a Request, a Response and two wrapper layers per delivery for nothing it needs.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = scope["path_params"]["source"]
+        source = self.services.sources.get(name)
+        if source is None:
+            error = WebhookError(404, "unknown_source", f"no webhook source named {name!r}")
+            await error.response()(scope, receive, send)
+            return
+        try:
+            receipt = await self._ingest(scope, receive, source)
+        except WebhookError as exc:
+            _count(name, exc.code)
+            if exc.status >= 500:
+                log.error("ingest_failed", source=name, error=exc.code)
+            await exc.response()(scope, receive, send)
+            return
+        _count(name, "duplicate" if receipt.duplicate else "stored")
+        await _send_received(send, receipt)
+
+    async def _ingest(self, scope: Scope, receive: Receive, source: Source) -> Receipt:
+        services, settings = self.services, self.settings
+        headers = Headers(scope=scope)
+        content_type = headers.get("content-type", "")
+        if content_type.lower().startswith(NOT_JSON):
+            raise WebhookError(415, "unsupported_media_type", "webhook bodies must be JSON")
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            raise too_large(settings.max_body_bytes)
+        query_string = scope["query_string"]
+        verifier = source.begin(headers, QueryParams(query_string) if query_string else _NO_QUERY)
+        body = await read_body(
+            asgi_body_chunks(receive),
+            max_bytes=settings.max_body_bytes,
+            spool_threshold=settings.spool_threshold_bytes,
+            blobs=services.blobs,
+            on_chunk=verifier.update,
+        )
+        try:
+            auth = verifier.verify(body)
+            blob_path = None
+            if body.spooled:
+                identity = await anyio.to_thread.run_sync(source.identify, body)
+                assert body.path is not None
+                blob_path = await anyio.to_thread.run_sync(
+                    services.blobs.adopt, body.path, body.sha256, ".body"
+                )
+            else:
+                identity = source.identify(body)
+        except BaseException:
+            body.discard()
+            raise
+        incoming = IncomingDelivery(
+            source=source.name,
+            identity=identity,
+            auth=auth,
+            sha256=body.sha256,
+            size=body.size,
+            body=body.data,
+            blob_path=blob_path,
+            content_type=content_type[:128] or None,
+        )
+        try:
+            return await services.inbox.accept(incoming)
+        except Exception as exc:
+            log.exception("inbox_unavailable", source=source.name)
+            raise WebhookError(
+                503, "store_unavailable", "the delivery could not be stored; please retry"
+            ) from exc
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -96,72 +181,6 @@ def create_app(
             if run_worker:
                 await anyio.to_thread.run_sync(services.worker.stop)
             services.close()
-
-    async def receive(request: Request) -> Response:
-        name = request.path_params["source"]
-        source = services.sources.get(name)
-        if source is None:
-            return WebhookError(
-                404, "unknown_source", f"no webhook source named {name!r}"
-            ).response()
-        try:
-            receipt = await _ingest(request, source)
-        except WebhookError as exc:
-            _count(name, exc.code)
-            if exc.status >= 500:
-                log.error("ingest_failed", source=name, error=exc.code)
-            return exc.response()
-        _count(name, "duplicate" if receipt.duplicate else "stored")
-        return _received(receipt)
-
-    async def _ingest(request: Request, source):  # type: ignore[no-untyped-def]
-        headers = request.headers
-        content_type = headers.get("content-type", "")
-        if content_type.lower().startswith(NOT_JSON):
-            raise WebhookError(415, "unsupported_media_type", "webhook bodies must be JSON")
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise too_large(settings.max_body_bytes)
-        query = request.query_params if request.scope["query_string"] else _NO_QUERY
-        verifier = source.begin(headers, query)
-        body = await read_body(
-            request.stream(),
-            max_bytes=settings.max_body_bytes,
-            spool_threshold=settings.spool_threshold_bytes,
-            blobs=services.blobs,
-            on_chunk=verifier.update,
-        )
-        try:
-            auth = verifier.verify(body)
-            blob_path = None
-            if body.spooled:
-                identity = await anyio.to_thread.run_sync(source.identify, body)
-                assert body.path is not None
-                blob_path = await anyio.to_thread.run_sync(
-                    services.blobs.adopt, body.path, body.sha256, ".body"
-                )
-            else:
-                identity = source.identify(body)
-        except BaseException:
-            body.discard()
-            raise
-        incoming = IncomingDelivery(
-            source=source.name,
-            identity=identity,
-            auth=auth,
-            sha256=body.sha256,
-            size=body.size,
-            body=body.data,
-            blob_path=blob_path,
-            content_type=content_type[:128] or None,
-        )
-        try:
-            return await services.inbox.accept(incoming)
-        except Exception as exc:
-            log.exception("inbox_unavailable", source=source.name)
-            raise WebhookError(
-                503, "store_unavailable", "the delivery could not be stored; please retry"
-            ) from exc
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -208,7 +227,7 @@ def create_app(
         )
 
     routes = [
-        Route("/webhooks/{source}", receive, methods=["POST"]),
+        Route("/webhooks/{source}", WebhookEndpoint(services), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

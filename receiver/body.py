@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
+
 from receiver.errors import WebhookError
 from receiver.store.blobs import BlobStore
 
@@ -41,6 +44,21 @@ class ReceivedBody:
     def discard(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+async def asgi_body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The body of an ASGI HTTP request, chunk by chunk (what Starlette's ``Request.stream``
+    yields, without a Request object)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
 
 
 def too_large(limit: int) -> WebhookError:

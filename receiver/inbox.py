@@ -1,17 +1,21 @@
 """The durable write of a delivery and its jobs, with group commit.
 
 Every 200 we send must be backed by a committed transaction, and a commit (an fsync) is the
-slowest thing on the ingest path. So one writer thread owns inbox writes: it takes every delivery
-waiting in its queue, stores them all in one transaction, and only after that commit resolves each
-request's future. Under no load a batch is one delivery and nothing waits for a timer; under load
-batches grow by themselves and one fsync acknowledges many requests.
+slowest thing on the ingest path. So writer threads own inbox writes: a writer takes every
+delivery waiting in the queue, stores them all in one transaction, and only after that commit
+resolves each request's future. Under no load a batch is one delivery and nothing waits for a
+timer; under load batches grow by themselves and one fsync acknowledges many requests.
 
-The writer thread shares the interpreter lock with the event loop that answers requests, so its
-Python work per batch is kept small (see bench/README.md for the measurements): it keeps one
-connection open, and writes with two statements rendered once for the dialect and run at the
-driver level (``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the deliveries, one
-``executemany`` for their jobs) instead of building, compiling and binding SQLAlchemy constructs
-per batch. A key the insert skipped already existed: only then is it looked up.
+The writers share the interpreter lock with the event loop that answers requests, so what they
+do per batch is kept small (bench/README.md has the measurements): each keeps one database
+connection open and runs a few statements rendered once per dialect straight on the driver's
+cursor, with the values passed through the same bind processors SQLAlchemy would use, instead of
+building, compiling and executing SQLAlchemy constructs for every batch. Requests that arrive in
+the same turn of the event loop reach the writers as one list, and the answers of a batch go back
+to the loop in one callback. SQLite has one writer (it allows one at a time); Postgres two, so
+that one batch is prepared and sent while the other waits for its commit. A kept connection
+that the database dropped while idle is replaced, and the batch retried once, instead of failing
+the deliveries it carried.
 """
 
 from __future__ import annotations
@@ -26,13 +30,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import Column, Connection, Engine, Table, select
+from sqlalchemy import Column, Engine, Table
 from sqlalchemy.exc import IntegrityError
 
 from receiver import metrics
 from receiver.registry import Registry
 from receiver.sources.base import Authenticity, Identity
-from receiver.store.db import writer
 from receiver.store.models import Delivery, Job, JobStatus
 from receiver.store.types import utcnow
 
@@ -101,36 +104,34 @@ DELIVERY_COLUMNS = (
 )
 JOB_COLUMNS = ("delivery_id", "handler", "status", "attempts", "run_at", "created_at")
 # Rows per multi-row statement on SQLite: keeps its parameters (13 per delivery) well under
-# SQLite's limit of 32766 whatever VOICEHOOKS_INBOX_MAX_BATCH is. (Postgres passes one array
-# per column, of any length.)
+# SQLite's limit of 32766 whatever VOICEHOOKS_INBOX_MAX_BATCH is. (Postgres gets one array per
+# column, of any length.)
 ROWS_PER_STATEMENT = 500
+POSTGRES_WRITERS = 2  # writer threads (and connections) on Postgres; see Inbox.__init__
 _T = TypeVar("_T")
+Key = tuple[str, str]  # (source, dedupe_key)
 Pending = tuple["IncomingDelivery", asyncio.AbstractEventLoop, "asyncio.Future[Receipt]"]
 
 
-Key = tuple[str, str]  # (source, dedupe_key)
-
-
 class _Writes:
-    """How one dialect stores a batch: driver-level SQL, rendered once, with bind processors.
+    """How one dialect stores a batch, on a DBAPI connection and cursor.
 
     Values go through the bind processors SQLAlchemy itself would apply (UTC timestamps stored
-    naive, SQLite's datetime text), so the rows are exactly what an ORM insert would write; only
-    the per-batch statement building, compiling and binding is gone.
+    naive, SQLite's datetime text), so the rows are exactly what an ORM insert would write.
     """
 
     def __init__(self, dialect: Any) -> None:
         self._delivery_processors = _processors(deliveries_table, DELIVERY_COLUMNS, dialect)
         self._job_processors = _processors(jobs_table, JOB_COLUMNS, dialect)
 
-    def store(
-        self, conn: Connection, items: list[IncomingDelivery]
+    def write(
+        self,
+        conn: Any,
+        items: list[IncomingDelivery],
+        handlers: Callable[[IncomingDelivery], list[str]],
     ) -> tuple[dict[Key, int], dict[Key, int]]:
-        """Insert the items whose key is new (keys are distinct): ``(new ids, existing ids)``."""
-        raise NotImplementedError
-
-    def insert_jobs(self, conn: Connection, jobs: list[tuple[int, str]], now: datetime) -> None:
-        """Insert pending jobs, given as ``(delivery_id, handler)``."""
+        """Store the items whose key is new (keys are distinct), with a pending job per handler
+        (none for a delivery that did not parse), and commit: ``(new ids, existing ids)``."""
         raise NotImplementedError
 
     def _delivery_rows(self, items: Sequence[IncomingDelivery]) -> list[list[object]]:
@@ -176,10 +177,10 @@ class _SqliteWrites(_Writes):
     """Multi-row ``VALUES`` inserts, and lookups that answer in a single row.
 
     sqlite3 releases the interpreter lock around every step of a statement and must take it
-    back after each, waiting for the event loop thread to let go of it: a statement that
-    returned a row per delivery (``RETURNING``) would pay that once per delivery. So: look up
-    which keys exist (one row), insert the others, look up their ids (one row). The write lock
-    taken by ``BEGIN IMMEDIATE`` keeps the three consistent.
+    back after each, waiting for the event loop thread to let go of it: a statement returning a
+    row per delivery (``RETURNING``) would pay that once per delivery. So: look up which keys
+    exist (one row), insert the others, look up their ids (one row). ``BEGIN IMMEDIATE`` takes
+    the write lock first, which keeps the three consistent.
     """
 
     def __init__(self, dialect: Any) -> None:
@@ -213,83 +214,130 @@ class _SqliteWrites(_Writes):
             self._sql[(kind, rows)] = sql
         return sql
 
-    def store(
-        self, conn: Connection, items: list[IncomingDelivery]
+    def write(
+        self,
+        conn: Any,
+        items: list[IncomingDelivery],
+        handlers: Callable[[IncomingDelivery], list[str]],
     ) -> tuple[dict[Key, int], dict[Key, int]]:
-        existing = self._lookup(conn, items)
-        fresh = [item for item in items if item.key not in existing]
-        for chunk in _chunks(fresh):
-            params = [value for row in self._delivery_rows(chunk) for value in row]
-            conn.exec_driver_sql(self._statement("deliveries", len(chunk)), tuple(params))
-        return self._lookup(conn, fresh), existing
+        cursor = conn.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            existing = self._lookup(cursor, items)
+            fresh = [item for item in items if item.key not in existing]
+            for chunk in _chunks(fresh):
+                params = [value for row in self._delivery_rows(chunk) for value in row]
+                cursor.execute(self._statement("deliveries", len(chunk)), params)
+            new = self._lookup(cursor, fresh)
+            jobs = [
+                (new[item.key], name)
+                for item in fresh
+                if item.identity.parse_error is None
+                for name in handlers(item)
+            ]
+            now = utcnow()
+            for chunk in _chunks(jobs):
+                params = [value for row in self._job_rows(chunk, now) for value in row]
+                cursor.execute(self._statement("jobs", len(chunk)), params)
+            conn.commit()
+        finally:
+            cursor.close()
+        return new, existing
 
-    def _lookup(self, conn: Connection, items: list[IncomingDelivery]) -> dict[Key, int]:
+    def _lookup(self, cursor: Any, items: list[IncomingDelivery]) -> dict[Key, int]:
         found: dict[Key, int] = {}
         for chunk in _chunks(items):
             params: list[object] = []
             for index, item in enumerate(chunk):
                 params += (index, item.source, item.identity.dedupe_key)
-            sql = self._statement("lookup", len(chunk))
-            pairs = conn.exec_driver_sql(sql, tuple(params)).scalar()
+            (pairs,) = cursor.execute(self._statement("lookup", len(chunk)), params).fetchone()
             for pair in pairs.split(",") if pairs else ():
                 index, delivery_id = pair.split(" ")
                 found[chunk[int(index)].key] = int(delivery_id)
         return found
 
-    def insert_jobs(self, conn: Connection, jobs: list[tuple[int, str]], now: datetime) -> None:
-        for chunk in _chunks(jobs):
-            params = [value for row in self._job_rows(chunk, now) for value in row]
-            conn.exec_driver_sql(self._statement("jobs", len(chunk)), tuple(params))
-
 
 class _PostgresWrites(_Writes):
-    """One ``INSERT ... SELECT FROM unnest(<one array per column>)`` per table.
+    """The whole batch in one statement, run in autocommit mode: one round trip, one commit.
 
-    The statement text is the same for every batch size, so psycopg parses it once and Postgres
-    keeps it prepared; a batch is one round trip per table whatever its size. Existing keys are
-    skipped (``ON CONFLICT DO NOTHING``) and only the new ids come back.
+    ``INSERT ... SELECT FROM unnest(<one array per column>)`` stores the deliveries (skipping
+    keys that exist, ``ON CONFLICT DO NOTHING``) and, in the same statement, a data-modifying
+    CTE inserts a job per (new delivery, handler), the handlers given as arrays. A single
+    statement is atomic, so deliveries and jobs commit together. Its text is the same for every
+    batch size, so psycopg parses it once and Postgres keeps it prepared; the arrays travel in
+    binary (no escaping of 2.5 KB bodies). The rare key that already existed is looked up after.
     """
 
     def __init__(self, dialect: Any) -> None:
         super().__init__(dialect)
-        self._deliveries_sql = (
-            f"INSERT INTO {deliveries_table.name} ({', '.join(DELIVERY_COLUMNS)}) "
-            f"SELECT * FROM unnest({_arrays(deliveries_table, DELIVERY_COLUMNS, dialect)}) "
-            "ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id, source, dedupe_key"
+        d, j = deliveries_table, jobs_table
+        columns = ", ".join(DELIVERY_COLUMNS)
+        self._sql = (
+            f"WITH new AS (INSERT INTO {d.name} ({columns}) "
+            f"SELECT * FROM unnest({_arrays(d, DELIVERY_COLUMNS, dialect)}) "
+            "ON CONFLICT (source, dedupe_key) DO NOTHING "
+            "RETURNING id, source, event_type, dedupe_key, parse_error), "
+            "handler AS (SELECT * FROM unnest("
+            f"{_arrays(d, ('source', 'event_type'), dialect)}, "
+            f"{_arrays(j, ('handler',), dialect)}) "
+            "WITH ORDINALITY AS h(source, event_type, name, n)), "
+            f"job AS (INSERT INTO {j.name} ({', '.join(JOB_COLUMNS)}) "
+            "SELECT new.id, handler.name, "
+            f"{_scalars(j, JOB_COLUMNS[2:], dialect)} FROM new JOIN handler "
+            "ON handler.source = new.source AND handler.event_type = new.event_type "
+            "WHERE new.parse_error IS NULL ORDER BY new.id, handler.n) "
+            "SELECT id, source, dedupe_key FROM new"
         )
-        self._jobs_sql = (
-            f"INSERT INTO {jobs_table.name} ({', '.join(JOB_COLUMNS)}) "
-            f"SELECT * FROM unnest({_arrays(jobs_table, JOB_COLUMNS, dialect)})"
-        )
+        self._existing_sql = f"SELECT id FROM {d.name} WHERE source = %s AND dedupe_key = %s"
 
-    def store(
-        self, conn: Connection, items: list[IncomingDelivery]
+    def write(
+        self,
+        conn: Any,
+        items: list[IncomingDelivery],
+        handlers: Callable[[IncomingDelivery], list[str]],
     ) -> tuple[dict[Key, int], dict[Key, int]]:
-        columns = tuple(list(column) for column in zip(*self._delivery_rows(items), strict=True))
-        new = {
-            (source, key): delivery_id
-            for delivery_id, source, key in conn.exec_driver_sql(self._deliveries_sql, columns)
-        }
-        existing: dict[Key, int] = {}
+        routes: dict[tuple[str, str], list[str]] = {}
         for item in items:
-            if item.key not in new:  # stored before (or by another receiver meanwhile)
-                existing[item.key] = conn.execute(
-                    select(deliveries_table.c.id).where(
-                        deliveries_table.c.source == item.source,
-                        deliveries_table.c.dedupe_key == item.identity.dedupe_key,
-                    )
-                ).scalar_one()
+            event_type = item.identity.event_type
+            if event_type is not None and (item.source, event_type) not in routes:
+                routes[(item.source, event_type)] = handlers(item)
+        route_columns: list[list[object]] = [[], [], []]
+        for (source, event_type), names in routes.items():
+            for name in names:
+                for column, value in zip(route_columns, (source, event_type, name), strict=True):
+                    column.append(value)
+        job_values = self._job_rows([(0, "")], utcnow())[0][2:]
+        params = [
+            *(list(column) for column in zip(*self._delivery_rows(items), strict=True)),
+            *route_columns,
+            *job_values,
+        ]
+        driver = conn.driver_connection
+        driver.autocommit = True
+        cursor = conn.cursor()
+        try:
+            cursor.execute(self._sql, params)
+            new = {(source, key): delivery_id for delivery_id, source, key in cursor.fetchall()}
+            existing: dict[Key, int] = {}
+            for item in items:
+                if item.key not in new:  # stored before (or by another receiver meanwhile)
+                    cursor.execute(self._existing_sql, item.key)
+                    (existing[item.key],) = cursor.fetchone()
+        finally:
+            cursor.close()
+            with contextlib.suppress(Exception):  # a broken connection is dropped anyway
+                driver.autocommit = False
         return new, existing
-
-    def insert_jobs(self, conn: Connection, jobs: list[tuple[int, str]], now: datetime) -> None:
-        if jobs:
-            columns = tuple(list(column) for column in zip(*self._job_rows(jobs, now), strict=True))
-            conn.exec_driver_sql(self._jobs_sql, columns)
 
 
 def _arrays(table: Table, names: Sequence[str], dialect: Any) -> str:
     """``%b::<type>[], ...``: one typed array per column, sent in binary (no text escaping)."""
     return ", ".join(f"%b::{table.c[name].type.compile(dialect=dialect)}[]" for name in names)
+
+
+def _scalars(table: Table, names: Sequence[str], dialect: Any) -> str:
+    """``%b::<type>, ...``: one typed parameter per column."""
+    return ", ".join(f"%b::{table.c[name].type.compile(dialect=dialect)}" for name in names)
 
 
 def _processors(
@@ -308,46 +356,56 @@ class Inbox:
         max_batch: int = 256,
         on_new_jobs: Callable[[], None] | None = None,
     ) -> None:
-        self._engine = writer(engine)
+        self._engine = engine
         self._registry = registry
         self._max_batch = max_batch
         self._on_new_jobs = on_new_jobs
         # Lists of waiting deliveries (see accept), or _STOP.
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._waiting: dict[asyncio.AbstractEventLoop, list[Pending]] = {}
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        dialect = engine.dialect
         self._writes: _Writes = (
-            _SqliteWrites(engine.dialect)
-            if engine.dialect.name == "sqlite"
-            else _PostgresWrites(engine.dialect)
+            _SqliteWrites(dialect) if dialect.name == "sqlite" else _PostgresWrites(dialect)
         )
-        # The writer thread's own connection, kept open between batches; only that thread
-        # touches it (accept_now() from other threads uses a connection of its own).
-        self._conn: Connection | None = None
+        self._integrity_errors = (IntegrityError, dialect.loaded_dbapi.IntegrityError)
+        # SQLite has one writer at a time, so one writer thread. Postgres commits concurrent
+        # transactions side by side: a second writer thread starts a batch while the first
+        # waits for its commit, which halves the time a delivery waits for "its" commit.
+        self._writer_count = 1 if dialect.name == "sqlite" else POSTGRES_WRITERS
+        # Each writer thread's own DBAPI connection (from the engine's pool, so it gets the
+        # engine's connect-time settings), kept open between batches. accept_now() from other
+        # threads takes a connection of its own.
+        self._local = threading.local()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="voicehooks-inbox", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"voicehooks-inbox-{n}", daemon=True)
+            for n in range(self._writer_count)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        if self._thread is not None:
+        for _ in self._threads:
             self._queue.put(_STOP)
-            self._thread.join()
-            self._thread = None
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
     # -- API -------------------------------------------------------------------------------
 
     async def accept(self, incoming: IncomingDelivery) -> Receipt:
         """Store ``incoming``; returns once the transaction holding it has committed."""
-        if self._thread is None:
+        if not self._threads:
             raise RuntimeError("inbox is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Receipt] = loop.create_future()
-        # Requests that arrive in the same turn of the event loop are handed to the writer
-        # thread together: one queue operation (and at most one wake-up of that thread) per
-        # turn rather than per request.
+        # Requests that arrive in the same turn of the event loop are handed to the writers
+        # together: one queue operation (and at most one wake-up of a writer) per turn rather
+        # than per request.
         waiting = self._waiting.get(loop)
         if waiting is None:
             waiting = self._waiting[loop] = []
@@ -415,68 +473,86 @@ class Inbox:
     def _write(self, items: list[IncomingDelivery], *, reuse: bool) -> list[Receipt]:
         try:
             return self._transaction(items, reuse=reuse)
-        except IntegrityError:
+        except self._integrity_errors:
             if len(items) == 1:
-                # A constraint other than the dedupe key (which the insert skips) failed; the
+                # A constraint other than the dedupe key (which is checked first) failed: the
                 # retry reports it for this delivery alone.
                 return self._transaction(items, reuse=reuse)
             return [receipt for item in items for receipt in self._write([item], reuse=reuse)]
 
     def _transaction(self, items: list[IncomingDelivery], *, reuse: bool) -> list[Receipt]:
-        if not reuse:
-            with self._engine.connect() as conn, conn.begin():
-                return self._insert(conn, items)
-        conn = self._connection()
+        opened = not reuse or getattr(self._local, "conn", None) is None
+        conn = self._connection() if reuse else self._engine.raw_connection()
+        broken = False
         try:
-            with conn.begin():
-                return self._insert(conn, items)
-        except IntegrityError:
-            raise  # the transaction rolled back; the connection is fine
-        except BaseException:
-            # The connection may be broken (database restarted, disk error): the next batch
-            # starts with a new one rather than reuse it.
-            self._close_connection()
+            return self._insert(conn, items)
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except Exception:
+                broken = True
+            # Anything but a constraint violation may mean a broken connection (database
+            # restarted, disk error): the next batch starts with a new one.
+            broken = broken or not isinstance(exc, self._integrity_errors)
+            if broken and reuse:
+                lost = not opened and self._lost_connection(exc, conn)
+                self._close_connection()
+                if lost:
+                    # The kept connection died while idle (a restart, a failover): what a
+                    # pre-ping would have caught at checkout. Try once more on a new one. If the
+                    # lost attempt had committed after all, the keys now exist and the retry
+                    # answers with their ids.
+                    log.warning("inbox_reconnecting", error=type(exc).__name__)
+                    return self._transaction(items, reuse=True)
             raise
+        finally:
+            if not reuse:
+                conn.invalidate() if broken else conn.close()
 
-    def _connection(self) -> Connection:
-        if self._conn is None:
-            self._conn = self._engine.connect()
-        return self._conn
+    def _lost_connection(self, exc: BaseException, conn: Any) -> bool:
+        dialect = self._engine.dialect
+        if not isinstance(exc, dialect.loaded_dbapi.Error):
+            return False
+        return bool(dialect.is_disconnect(exc, conn.driver_connection, None))
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._engine.raw_connection()
+        return conn
 
     def _close_connection(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._local.conn = getattr(self._local, "conn", None), None
         if conn is not None:
             try:
-                conn.close()
+                conn.invalidate()  # closes it for good rather than pool a suspect connection
             except Exception:
-                conn.invalidate()
+                log.warning("inbox_connection_close_failed", exc_info=True)
 
-    def _insert(self, conn: Connection, items: list[IncomingDelivery]) -> list[Receipt]:
+    def _insert(self, conn: Any, items: list[IncomingDelivery]) -> list[Receipt]:
         # The first copy of each new key is stored; later copies (in this batch or after) are
         # duplicates that answer with the original id and create no jobs.
-        fresh: dict[tuple[str, str], IncomingDelivery] = {}
+        fresh: dict[Key, IncomingDelivery] = {}
         for item in items:
             fresh.setdefault(item.key, item)
-        ids, existing = self._writes.store(conn, list(fresh.values()))
-        job_counts: dict[int, int] = {}
-        jobs: list[tuple[int, str]] = []
-        for key, item in fresh.items():
-            delivery_id = ids.get(key)
-            if delivery_id is None or item.identity.parse_error is not None:
-                continue
-            specs = self._registry.handlers_for(item.source, item.identity.event_type)
-            job_counts[delivery_id] = len(specs)
-            jobs.extend((delivery_id, spec.name) for spec in specs)
-        self._writes.insert_jobs(conn, jobs, utcnow())
+        ids, existing = self._writes.write(conn, list(fresh.values()), self._handler_names)
         receipts = []
         for item in items:
             key = item.key
             delivery_id = ids.get(key)
             if delivery_id is not None and fresh[key] is item:
-                receipts.append(Receipt(delivery_id, False, job_counts.get(delivery_id, 0)))
+                jobs = (
+                    0 if item.identity.parse_error is not None else len(self._handler_names(item))
+                )
+                receipts.append(Receipt(delivery_id, False, jobs))
             else:
                 receipts.append(Receipt(delivery_id or existing[key], True, 0))
         return receipts
+
+    def _handler_names(self, item: IncomingDelivery) -> list[str]:
+        return [
+            spec.name for spec in self._registry.handlers_for(item.source, item.identity.event_type)
+        ]
 
 
 def _chunks(rows: list[_T]) -> Iterator[list[_T]]:

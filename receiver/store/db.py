@@ -28,7 +28,14 @@ def create_db_engine(database_url: str, *, pool_size: int = 8) -> Engine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
+            connect_args={
+                "check_same_thread": False,
+                "timeout": 30,
+                "isolation_level": None,
+                # The inbox's multi-row statements differ by batch size: keep them all prepared
+                # (the default cache of 128 would thrash under varying load).
+                "cached_statements": 1024,
+            },
             pool_size=pool_size,
             max_overflow=pool_size,
         )
