@@ -8,14 +8,15 @@ timer; under load batches grow by themselves and one fsync acknowledges many req
 
 The writers share the interpreter lock with the event loop that answers requests, so what they
 do per batch is kept small (bench/README.md has the measurements): each keeps one database
-connection open and runs a few statements rendered once per dialect straight on the driver's
-cursor, with the values passed through the same bind processors SQLAlchemy would use, instead of
-building, compiling and executing SQLAlchemy constructs for every batch. Requests that arrive in
-the same turn of the event loop reach the writers as one list, and the answers of a batch go back
-to the loop in one callback. SQLite has one writer (it allows one at a time); Postgres two, so
-that one batch is prepared and sent while the other waits for its commit. A kept connection
-that the database dropped while idle is replaced, and the batch retried once, instead of failing
-the deliveries it carried.
+connection of its own open and stores a batch with as few statements as the database allows,
+rendered once per dialect and run straight on the driver's cursor, with the values passed through
+the same bind processors SQLAlchemy would use. On both databases the common batch is a single
+statement in autocommit mode (see ``_SqliteWrites`` and ``_PostgresWrites``). Requests that
+arrive in the same turn of the event loop reach the writers as one list, and the answers of a
+batch go back to the loop in one callback. SQLite has one writer (it allows one at a time);
+Postgres two, so that one batch is prepared and sent while the other waits for its commit. A
+kept connection that the database dropped while idle is replaced, and the batch retried once,
+instead of failing the deliveries it carried.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -110,6 +112,7 @@ ROWS_PER_STATEMENT = 500
 POSTGRES_WRITERS = 2  # writer threads (and connections) on Postgres; see Inbox.__init__
 _T = TypeVar("_T")
 Key = tuple[str, str]  # (source, dedupe_key)
+Routes = tuple[tuple[str, str, str], ...]  # (source, event_type, handler name), in order
 Pending = tuple["IncomingDelivery", asyncio.AbstractEventLoop, "asyncio.Future[Receipt]"]
 
 
@@ -125,13 +128,11 @@ class _Writes:
         self._job_processors = _processors(jobs_table, JOB_COLUMNS, dialect)
 
     def write(
-        self,
-        conn: Any,
-        items: list[IncomingDelivery],
-        handlers: Callable[[IncomingDelivery], list[str]],
+        self, conn: Any, items: list[IncomingDelivery], routes: Routes
     ) -> tuple[dict[Key, int], dict[Key, int]]:
         """Store the items whose key is new (keys are distinct), with a pending job per handler
-        (none for a delivery that did not parse), and commit: ``(new ids, existing ids)``."""
+        routed to (none for a delivery that did not parse), and commit:
+        ``(new ids, existing ids)``."""
         raise NotImplementedError
 
     def _delivery_rows(self, items: Sequence[IncomingDelivery]) -> list[list[object]]:
@@ -174,18 +175,38 @@ class _Writes:
 
 
 class _SqliteWrites(_Writes):
-    """Multi-row ``VALUES`` inserts, and lookups that answer in a single row.
+    """A batch is one ``INSERT`` statement: the deliveries, and their jobs by a trigger.
 
     sqlite3 releases the interpreter lock around every step of a statement and must take it
-    back after each, waiting for the event loop thread to let go of it: a statement returning a
-    row per delivery (``RETURNING``) would pay that once per delivery. So: look up which keys
-    exist (one row), insert the others, look up their ids (one row). ``BEGIN IMMEDIATE`` takes
-    the write lock first, which keeps the three consistent.
+    back afterwards, which under load means waiting for the busy event loop thread to let go of
+    it; that wait, not SQLite, was most of what a batch cost (bench/README.md). So the batch is
+    made of as few steps as possible: a multi-row ``INSERT ... ON CONFLICT DO NOTHING`` in
+    autocommit mode, which SQLite runs as its own transaction (durable when the statement
+    returns, with ``synchronous=FULL``). The jobs are inserted by a TEMP trigger on the writer's
+    own connection, from a TEMP table of the registry's routes, so they commit atomically with
+    their delivery. The new ids come from the statement itself: SQLite gives the rows of one
+    statement consecutive rowids in ``VALUES`` order, so with ``n`` rows stored the last is
+    ``lastrowid`` and the first ``lastrowid - n + 1``. Only a batch holding a key that already
+    existed needs a lookup (one more statement, answering in a single row).
     """
+
+    ROUTES_TABLE = "voicehooks_inbox_routes"
+    TRIGGER = "voicehooks_inbox_jobs"
 
     def __init__(self, dialect: Any) -> None:
         super().__init__(dialect)
         self._sql: dict[tuple[str, int], str] = {}  # (statement, rows) -> SQL
+        # The trigger's constant job columns, as the bind processors would store them.
+        status, attempts = self._job_rows([(0, "")], utcnow())[0][2:4]
+        self._trigger_sql = (
+            f"CREATE TEMP TRIGGER IF NOT EXISTS {self.TRIGGER} "
+            f"AFTER INSERT ON {deliveries_table.name} WHEN NEW.parse_error IS NULL BEGIN "
+            f"INSERT INTO {jobs_table.name} ({', '.join(JOB_COLUMNS)}) "
+            f"SELECT NEW.id, handler, {_sql_literal(status)}, {_sql_literal(attempts)}, "
+            "NEW.received_at, NEW.received_at "
+            f"FROM {self.ROUTES_TABLE} "
+            "WHERE source = NEW.source AND event_type = NEW.event_type ORDER BY position; END"
+        )
 
     def _statement(self, kind: str, rows: int) -> str:
         sql = self._sql.get((kind, rows))
@@ -194,13 +215,8 @@ class _SqliteWrites(_Writes):
                 row = "(" + ", ".join(["?"] * len(DELIVERY_COLUMNS)) + ")"
                 sql = (
                     f"INSERT INTO {deliveries_table.name} ({', '.join(DELIVERY_COLUMNS)}) "
-                    f"VALUES {', '.join([row] * rows)}"
-                )
-            elif kind == "jobs":
-                row = "(" + ", ".join(["?"] * len(JOB_COLUMNS)) + ")"
-                sql = (
-                    f"INSERT INTO {jobs_table.name} ({', '.join(JOB_COLUMNS)}) "
-                    f"VALUES {', '.join([row] * rows)}"
+                    f"VALUES {', '.join([row] * rows)} "
+                    "ON CONFLICT (source, dedupe_key) DO NOTHING"
                 )
             else:  # "lookup": parameters (index, source, dedupe_key) per key
                 # Answers "index id,index id,...": integers only, whatever the keys contain.
@@ -215,46 +231,69 @@ class _SqliteWrites(_Writes):
         return sql
 
     def write(
-        self,
-        conn: Any,
-        items: list[IncomingDelivery],
-        handlers: Callable[[IncomingDelivery], list[str]],
+        self, conn: Any, items: list[IncomingDelivery], routes: Routes
     ) -> tuple[dict[Key, int], dict[Key, int]]:
         cursor = conn.cursor()
         try:
-            cursor.execute("BEGIN IMMEDIATE")
-            existing = self._lookup(cursor, items)
-            fresh = [item for item in items if item.key not in existing]
-            for chunk in _chunks(fresh):
+            self._install_routes(conn, cursor, routes)
+            chunks = list(_chunks(items))
+            several = len(chunks) > 1  # then one explicit transaction around them all
+            if several:
+                cursor.execute("BEGIN IMMEDIATE")
+            new: dict[Key, int] = {}
+            existing: dict[Key, int] = {}
+            for chunk in chunks:
                 params = [value for row in self._delivery_rows(chunk) for value in row]
                 cursor.execute(self._statement("deliveries", len(chunk)), params)
-            new = self._lookup(cursor, fresh)
-            jobs = [
-                (new[item.key], name)
-                for item in fresh
-                if item.identity.parse_error is None
-                for name in handlers(item)
-            ]
-            now = utcnow()
-            for chunk in _chunks(jobs):
-                params = [value for row in self._job_rows(chunk, now) for value in row]
-                cursor.execute(self._statement("jobs", len(chunk)), params)
-            conn.commit()
+                stored, last = cursor.rowcount, cursor.lastrowid
+                if stored == len(chunk):
+                    first = last - stored + 1
+                    new.update((item.key, first + n) for n, item in enumerate(chunk))
+                    continue
+                first_new = last - stored + 1 if stored else None
+                for key, delivery_id in self._lookup(cursor, chunk).items():
+                    is_new = first_new is not None and delivery_id >= first_new
+                    (new if is_new else existing)[key] = delivery_id
+            if several:
+                conn.commit()
         finally:
             cursor.close()
         return new, existing
 
+    def _install_routes(self, conn: Any, cursor: Any, routes: Routes) -> None:
+        """Create the trigger and fill the routes table on this connection, or refill it when
+        the registry has changed since (TEMP objects live and die with the connection)."""
+        if conn.info.get(self.ROUTES_TABLE) == routes:
+            return
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.ROUTES_TABLE} "
+            "(position INTEGER PRIMARY KEY, source TEXT, event_type TEXT, handler TEXT)"
+        )
+        cursor.execute(self._trigger_sql)
+        cursor.execute(f"DELETE FROM {self.ROUTES_TABLE}")
+        cursor.executemany(
+            f"INSERT INTO {self.ROUTES_TABLE} (source, event_type, handler) VALUES (?, ?, ?)",
+            routes,
+        )
+        conn.info[self.ROUTES_TABLE] = routes
+
     def _lookup(self, cursor: Any, items: list[IncomingDelivery]) -> dict[Key, int]:
         found: dict[Key, int] = {}
-        for chunk in _chunks(items):
-            params: list[object] = []
-            for index, item in enumerate(chunk):
-                params += (index, item.source, item.identity.dedupe_key)
-            (pairs,) = cursor.execute(self._statement("lookup", len(chunk)), params).fetchone()
-            for pair in pairs.split(",") if pairs else ():
-                index, delivery_id = pair.split(" ")
-                found[chunk[int(index)].key] = int(delivery_id)
+        params: list[object] = []
+        for index, item in enumerate(items):
+            params += (index, item.source, item.identity.dedupe_key)
+        (pairs,) = cursor.execute(self._statement("lookup", len(items)), params).fetchone()
+        for pair in pairs.split(",") if pairs else ():
+            index, delivery_id = pair.split(" ")
+            found[items[int(index)].key] = int(delivery_id)
         return found
+
+
+def _sql_literal(value: object) -> str:
+    """A constant for SQL text that cannot take parameters (the trigger's body)."""
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 class _PostgresWrites(_Writes):
@@ -291,28 +330,16 @@ class _PostgresWrites(_Writes):
         self._existing_sql = f"SELECT id FROM {d.name} WHERE source = %s AND dedupe_key = %s"
 
     def write(
-        self,
-        conn: Any,
-        items: list[IncomingDelivery],
-        handlers: Callable[[IncomingDelivery], list[str]],
+        self, conn: Any, items: list[IncomingDelivery], routes: Routes
     ) -> tuple[dict[Key, int], dict[Key, int]]:
-        routes: dict[tuple[str, str], list[str]] = {}
-        for item in items:
-            event_type = item.identity.event_type
-            if event_type is not None and (item.source, event_type) not in routes:
-                routes[(item.source, event_type)] = handlers(item)
-        route_columns: list[list[object]] = [[], [], []]
-        for (source, event_type), names in routes.items():
-            for name in names:
-                for column, value in zip(route_columns, (source, event_type, name), strict=True):
-                    column.append(value)
+        route_columns = [list(column) for column in zip(*routes, strict=True)] or [[], [], []]
         job_values = self._job_rows([(0, "")], utcnow())[0][2:]
         params = [
             *(list(column) for column in zip(*self._delivery_rows(items), strict=True)),
             *route_columns,
             *job_values,
         ]
-        driver = conn.driver_connection
+        driver = conn.dbapi_connection
         driver.autocommit = True
         cursor = conn.cursor()
         try:
@@ -452,12 +479,14 @@ class Inbox:
 
     def _commit_batch(self, batch: list[Pending]) -> None:
         metrics.INBOX_BATCH_SIZE.observe(len(batch))
+        started = time.perf_counter()
         try:
             receipts = self._write([incoming for incoming, _, _ in batch], reuse=True)
         except Exception as exc:
             log.exception("inbox_write_failed", batch=len(batch))
             _resolve_all([(loop, future, None, exc) for _, loop, future in batch])
             return
+        metrics.INBOX_COMMIT_SECONDS.observe(time.perf_counter() - started)
         _resolve_all(
             [
                 (loop, future, receipt, None)
@@ -482,7 +511,7 @@ class Inbox:
 
     def _transaction(self, items: list[IncomingDelivery], *, reuse: bool) -> list[Receipt]:
         opened = not reuse or getattr(self._local, "conn", None) is None
-        conn = self._connection() if reuse else self._engine.raw_connection()
+        conn = self._connection() if reuse else self._new_connection()
         broken = False
         try:
             return self._insert(conn, items)
@@ -513,12 +542,20 @@ class Inbox:
         dialect = self._engine.dialect
         if not isinstance(exc, dialect.loaded_dbapi.Error):
             return False
-        return bool(dialect.is_disconnect(exc, conn.driver_connection, None))
+        return bool(dialect.is_disconnect(exc, conn.dbapi_connection, None))
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self._engine.raw_connection()
+            conn = self._local.conn = self._new_connection()
+        return conn
+
+    def _new_connection(self) -> Any:
+        """A DBAPI connection with the engine's connect-time settings, detached from its pool:
+        the inbox's TEMP trigger must never reach a connection that other code then uses, and
+        closing it closes it for good."""
+        conn = self._engine.raw_connection()
+        conn.detach()
         return conn
 
     def _close_connection(self) -> None:
@@ -535,7 +572,8 @@ class Inbox:
         fresh: dict[Key, IncomingDelivery] = {}
         for item in items:
             fresh.setdefault(item.key, item)
-        ids, existing = self._writes.write(conn, list(fresh.values()), self._handler_names)
+        routes = self._registry.routes()
+        ids, existing = self._writes.write(conn, list(fresh.values()), routes)
         receipts = []
         for item in items:
             key = item.key

@@ -12,6 +12,11 @@ INBOX_BATCH_SIZE = Histogram(
     "Deliveries committed per inbox transaction (group commit).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+INBOX_COMMIT_SECONDS = Histogram(
+    "voicehooks_inbox_commit_seconds",
+    "Time to write and commit one inbox transaction: what every acknowledgement waits for.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 JOBS = Counter(
     "voicehooks_jobs_total",
     "Job executions by handler and result (done, retry, dead).",

@@ -71,6 +71,15 @@ class Registry:
             return []
         return self._by_event.get((source, event_type), [])
 
+    def routes(self) -> tuple[tuple[str, str, str], ...]:
+        """Every ``(source, event_type, handler name)``, each event's handlers in the order
+        they run: what the inbox needs to create jobs, as one comparable value."""
+        return tuple(
+            (source, event_type, spec.name)
+            for (source, event_type), specs in self._by_event.items()
+            for spec in specs
+        )
+
     def get(self, name: str) -> HandlerSpec | None:
         return self._by_name.get(name)
 

@@ -1,9 +1,10 @@
 """The inbox's group commit: what a batch stores and answers, on SQLite and Postgres.
 
-The inbox writes batches with driver-level SQL (``INSERT ... ON CONFLICT DO NOTHING RETURNING``)
-for speed; these tests pin down that it stores exactly what an ORM insert would, answers
-duplicates (in the same batch, or stored before) with the original id and no new jobs, and gets
-back on its feet after a failed batch.
+The inbox writes batches with driver-level SQL for speed (on SQLite one ``INSERT`` whose jobs a
+TEMP trigger adds; on Postgres one statement with a data-modifying CTE); these tests pin down
+that it stores exactly what an ORM insert would, answers duplicates (in the same batch, or
+stored before) with the original id and no new jobs, follows the handler registry, and gets back
+on its feet after a failed batch.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ REGISTRY = Registry(
         HandlerSpec("elevenlabs", "post_call_transcription", _second),
     ]
 )
+REGISTRY_NAMES = [spec.name for spec in REGISTRY]
 deliveries, jobs = Delivery.__table__, Job.__table__  # type: ignore[attr-defined]
 
 
@@ -138,6 +140,59 @@ def test_batches_larger_than_one_statement_are_split(
         job_count = len(conn.execute(select(jobs.c.id)).all())
     assert stored == {f"k-{i}": r.delivery_id for i, r in enumerate(receipts)}
     assert job_count == 20
+
+
+def test_jobs_follow_handlers_registered_after_start_and_a_batch_of_old_keys_adds_none(
+    database_url, tmp_path, services_factory
+) -> None:  # type: ignore[no-untyped-def]
+    registry = Registry([HandlerSpec("elevenlabs", "post_call_transcription", _first)])
+    services = services_factory(make_settings(database_url, tmp_path / "d"), registry)
+    inbox = services.inbox
+    before = inbox._write([incoming("before")], reuse=True)[0]
+    registry.add(HandlerSpec("elevenlabs", "post_call_transcription", _second))
+    after = inbox._write([incoming("after")], reuse=True)[0]
+    again = inbox._write([incoming("before"), incoming("after")], reuse=True)
+    assert (before.jobs, after.jobs) == (1, 2)
+    assert again == [
+        Receipt(before.delivery_id, True, 0),
+        Receipt(after.delivery_id, True, 0),
+    ]
+    with services.engine.connect() as conn:
+        rows = conn.execute(select(jobs.c.delivery_id, jobs.c.handler).order_by(jobs.c.id)).all()
+    assert [tuple(r) for r in rows] == [
+        (before.delivery_id, REGISTRY_NAMES[0]),
+        (after.delivery_id, REGISTRY_NAMES[0]),
+        (after.delivery_id, REGISTRY_NAMES[1]),
+    ]
+
+
+def test_rows_inserted_by_other_code_get_no_jobs_from_the_inbox(
+    database_url, tmp_path, services_factory
+) -> None:  # type: ignore[no-untyped-def]
+    # On SQLite the inbox's jobs come from a TEMP trigger on its own connections; a pooled
+    # connection that carried it would create jobs for any delivery anyone inserts.
+    services = services_factory(make_settings(database_url, tmp_path / "d"), REGISTRY)
+    services.inbox.accept_now(incoming("through-the-inbox"))
+    services.inbox._write([incoming("kept-connection")], reuse=True)
+    # Check out every connection the pool holds at once and insert a delivery through each.
+    # (create_db_engine allows as many overflow connections as its pool size.)
+    conns = [services.engine.connect() for _ in range(2 * services.engine.pool.size())]  # type: ignore[attr-defined]
+    try:
+        for n, conn in enumerate(conns):
+            conn.execute(deliveries.insert().values(incoming(f"by-hand-{n}").row()))
+            conn.commit()
+    finally:
+        for conn in conns:
+            conn.close()
+    with services.engine.connect() as conn:
+        by_hand = (
+            conn.execute(select(deliveries.c.id).where(deliveries.c.dedupe_key.like("k-by-hand-%")))
+            .scalars()
+            .all()
+        )
+        stray = conn.execute(select(jobs.c.id).where(jobs.c.delivery_id.in_(by_hand))).all()
+    assert len(by_hand) == len(conns)
+    assert stray == []
 
 
 def test_concurrent_requests_share_commits_and_each_key_is_stored_once(
