@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from receiver import admin
+from receiver.gc_tuning import freeze_startup_objects
 from receiver.logging import configure as configure_logging
 from receiver.settings import Settings
 
@@ -73,6 +74,7 @@ def serve(
         highlight=False,
     )
     app_ = create_app(settings, run_worker=not no_worker)
+    freeze_startup_objects()
     uvicorn.run(app_, host=host, port=port, **server_options(settings))
 
 
@@ -82,6 +84,7 @@ def worker() -> None:
     import asyncio
 
     services = load_services()
+    freeze_startup_objects()
     console.print("voicehooks worker running; Ctrl-C to stop", highlight=False)
     try:
         asyncio.run(services.worker.run())
