@@ -417,12 +417,17 @@ def test_two_workers_creating_one_conversation_collide_and_the_loser_retries(
     thread = threading.Thread(target=second_worker)
     thread.start()
     if engine.dialect.name == "postgresql":  # wait until it is blocked on our insert
-        with engine.connect() as conn:
-            wait_until(
-                lambda: conn.execute(
+
+        def blocked_on_a_lock() -> bool:
+            # A transaction of its own per look: Postgres keeps a transaction's view of
+            # pg_stat_activity until it ends, so one long transaction would never see the wait.
+            with engine.connect() as conn:
+                waiting = conn.execute(
                     text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
                 ).scalar_one()
-            )
+            return waiting > 0 or not thread.is_alive()
+
+        wait_until(blocked_on_a_lock)
     else:
         time.sleep(0.3)  # it waits for the SQLite write lock that `first` holds
     first.commit()
