@@ -195,4 +195,18 @@ app.add_typer(conversations_app, name="conversations")
 
 
 def main() -> None:
-    app()
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        # A setting from the environment that does not validate: name it, without a traceback
+        # (and without its value, which may be a secret).
+        for error in exc.errors():
+            name = "VOICEHOOKS_" + "_".join(str(part) for part in error["loc"]).upper()
+            err_console.print(
+                f"[red]error:[/red] invalid setting {name}: {error['msg']}", soft_wrap=True
+            )
+        raise SystemExit(2) from None

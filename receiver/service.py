@@ -36,7 +36,7 @@ class Services:
 
     @classmethod
     def create(cls, settings: Settings, registry: Registry | None = None) -> Services:
-        engine = create_db_engine(settings.database_url)
+        engine = create_db_engine(settings.database_url, pool_size=settings.db_pool_size)
         blobs = BlobStore(settings.blob_dir, settings.spool_dir)
         blobs.ensure_dirs()
         registry = registry if registry is not None else load_registry(settings.plugins)

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOICEHOOKS_", extra="ignore")
 
     database_url: str = "sqlite:///./voicehooks.db"
+    # Connections kept per process for workers, readiness checks and admin commands (as many
+    # again may open under a burst). The inbox writers' connections are their own, outside it.
+    db_pool_size: int = Field(default=8, ge=1)
     data_dir: Path = Path("./voicehooks-data")
 
     elevenlabs_secrets: CommaList = Field(default_factory=list)
@@ -58,7 +61,7 @@ class Settings(BaseSettings):
     job_lease_seconds: float = 60.0
 
     # Group commit: how many deliveries one inbox transaction may carry.
-    inbox_max_batch: int = 256
+    inbox_max_batch: int = Field(default=256, ge=1)
 
     migrate_on_start: bool = True
     log_level: str = "info"

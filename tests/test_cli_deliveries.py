@@ -71,3 +71,29 @@ def test_show_unknown_delivery_is_a_clear_error(cli_env) -> None:  # type: ignor
     assert result.exit_code == 1
     assert "no delivery with id 999" in result.output
     assert "Traceback" not in result.output
+
+
+def test_invalid_setting_is_named_without_a_traceback_or_its_value(
+    tmp_path, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from receiver.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VOICEHOOKS_DB_POOL_SIZE", "0")
+    monkeypatch.setenv("VOICEHOOKS_ELEVENLABS_SECRETS", "wsec_do_not_print_me")
+    monkeypatch.setattr("sys.argv", ["voicehooks", "deliveries", "list"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "VOICEHOOKS_DB_POOL_SIZE" in err and "greater than or equal to 1" in err
+    assert "Traceback" not in err and "wsec_do_not_print_me" not in err
+
+
+def test_pool_size_setting_sizes_the_connection_pool(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(f"sqlite:///{tmp_path / 'v.db'}", tmp_path / "data", db_pool_size=3)
+    services = Services.create(settings, Registry())
+    try:
+        assert services.engine.pool.size() == 3  # type: ignore[attr-defined]
+    finally:
+        services.close()

@@ -17,6 +17,9 @@ def is_sqlite(engine_or_url: Engine | str) -> bool:
 def create_db_engine(database_url: str, *, pool_size: int = 8) -> Engine:
     """An engine with the durability settings the one rule needs.
 
+    ``pool_size`` connections are kept (``VOICEHOOKS_DB_POOL_SIZE``) and as many again may open
+    under a burst.
+
     SQLite: WAL so readers never block the writer, ``synchronous=FULL`` so a committed delivery
     survives power loss (WAL's default NORMAL may lose the last commits), a busy timeout so the
     workers and the inbox wait for each other instead of failing, and transactions that we begin
