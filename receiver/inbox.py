@@ -35,7 +35,7 @@ import structlog
 from sqlalchemy import Column, Engine, Table
 from sqlalchemy.exc import IntegrityError
 
-from receiver import metrics
+from receiver import metrics, wakeup
 from receiver.registry import Registry
 from receiver.sources.base import Authenticity, Identity
 from receiver.store.models import Delivery, Job, JobStatus
@@ -400,6 +400,8 @@ class Inbox:
         # transactions side by side: a second writer thread starts a batch while the first
         # waits for its commit, which halves the time a delivery waits for "its" commit.
         self._writer_count = 1 if dialect.name == "sqlite" else POSTGRES_WRITERS
+        # Postgres tells other processes' workers about new jobs; SQLite's watch commits.
+        self._announce = dialect.name == "postgresql"
         # Each writer thread's own DBAPI connection (from the engine's pool, so it gets the
         # engine's connect-time settings), kept open between batches. accept_now() from other
         # threads takes a connection of its own.
@@ -494,6 +496,17 @@ class Inbox:
             ]
         )
         self._notify(receipts)
+        if self._announce and any(r.jobs for r in receipts):
+            self._announce_to_other_processes()
+
+    def _announce_to_other_processes(self) -> None:
+        """NOTIFY workers in other processes (see receiver/wakeup.py); the requests are answered
+        already, and a failure costs a worker at most a poll interval."""
+        try:
+            wakeup.announce(self._connection().dbapi_connection)
+        except Exception as exc:
+            log.warning("inbox_notify_failed", error=type(exc).__name__)
+            self._close_connection()
 
     def _notify(self, receipts: list[Receipt]) -> None:
         if self._on_new_jobs is not None and any(r.jobs for r in receipts):

@@ -40,6 +40,7 @@ from receiver.store.blobs import BlobStore
 from receiver.store.db import writer
 from receiver.store.models import Delivery, Job, JobStatus
 from receiver.store.types import utcnow
+from receiver.wakeup import CommitWatcher
 
 log = structlog.get_logger(__name__)
 jobs_table = Job.__table__  # type: ignore[attr-defined]
@@ -117,16 +118,24 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._started.set()
+        # Jobs committed by other processes (a receiver, replay) wake us too, not only the poll.
+        watcher = CommitWatcher(self.engine, self.wake)
+        watcher.start()
         timeout = httpx.Timeout(30.0, connect=10.0)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
-            self._http = http
-            async with anyio.create_task_group() as tasks:
-                for _ in range(max(1, self.settings.worker_concurrency)):
-                    tasks.start_soon(self._loop_forever)
+        try:
+            async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
+                self._http = http
+                async with anyio.create_task_group() as tasks:
+                    for _ in range(max(1, self.settings.worker_concurrency)):
+                        tasks.start_soon(self._loop_forever)
+        finally:
+            await anyio.to_thread.run_sync(watcher.stop)
 
     async def _loop_forever(self) -> None:
         assert self._wakeup is not None
         while not self._stopping:
+            # Cleared before looking, so a wake-up that comes while we look is not lost.
+            self._wakeup.clear()
             try:
                 job = await anyio.to_thread.run_sync(self.claim)
             except Exception:
@@ -135,7 +144,8 @@ class Worker:
             if job is not None:
                 await self.execute(job)
                 continue
-            self._wakeup.clear()
+            if self._stopping:  # stop() may have woken us while we looked
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.settings.worker_poll_seconds)
 

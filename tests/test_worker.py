@@ -203,6 +203,47 @@ def test_worker_wakes_promptly_when_a_job_is_inserted(
     assert done_at[0] - stored_at < 5
 
 
+def test_worker_in_another_process_is_woken_by_the_receivers_commit(
+    database_url,
+    tmp_path,
+    services_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    """`serve --no-worker` plus `voicehooks worker`: the receiver's inbox cannot wake the other
+    process's worker directly; NOTIFY (Postgres) or the commit watcher (SQLite) must."""
+    done_at: list[float] = []
+
+    def record(event, ctx) -> None:  # type: ignore[no-untyped-def]
+        done_at.append(time.monotonic())
+
+    registry = Registry([HandlerSpec("elevenlabs", "post_call_transcription", record)])
+    # Two sets of services on one database, as two processes would have; only the worker's
+    # runs a worker, polling every 30 s, so only a wake-up can make it prompt.
+    settings = make_settings(database_url, tmp_path / "d", worker_poll_seconds=30)
+    receiver = services_factory(settings, registry)
+    worker = services_factory(settings, registry)
+    worker.worker.start_in_thread()
+    receiver.inbox.start()
+    try:
+        time.sleep(0.5)  # the worker has polled once and is now waiting
+        body = event_body(conversation_id="c-elsewhere")
+        incoming = IncomingDelivery(
+            source="elevenlabs",
+            identity=Identity("post_call_transcription", "k-elsewhere", "c-elsewhere"),
+            auth=Authenticity("hmac", 0),
+            sha256="0" * 64,
+            size=len(body),
+            body=body,
+        )
+        stored_at = time.monotonic()
+        receipt = asyncio.run(receiver.inbox.accept(incoming))
+        wait_until(lambda: done_at, timeout=10)
+    finally:
+        receiver.inbox.stop()
+        worker.worker.stop()
+    assert receipt.jobs == 1
+    assert done_at[0] - stored_at < 5
+
+
 def test_retry_requeues_dead_jobs_and_adds_newly_installed_handlers(
     database_url,
     tmp_path,
