@@ -41,7 +41,7 @@ from typing import Any
 
 from bench.bodies import Bodies
 from bench.phases import run_idle_probe, run_paced_phase, run_wrk, warm_up
-from bench.procs import machine, wait_for_quiet
+from bench.procs import machine, start_worker_process, stop_gracefully, wait_for_quiet
 from bench.targets import SECRET, TARGETS, Target, build_targets
 
 OUT = Path(__file__).resolve().parent / "out" / "ingest.json"
@@ -182,20 +182,29 @@ def run_round(
 
 
 def run_probe(target: Target, options: Options) -> dict[str, Any] | None:
+    """Idle ack -> done, with in-process workers and with a separate `voicehooks worker`."""
     if target.database_url is None or options.idle_requests <= 0:
         return None
-    name = f"{target.name}-probe"
-    server = target.make_server(name).start()
-    try:
-        return run_idle_probe(
-            server,
-            SECRET,
-            target.database_url(name),
-            requests=options.idle_requests,
-            gap=options.idle_gap,
-        )
-    finally:
-        server.stop()
+    results: dict[str, Any] = {}
+    for name in (f"{target.name}-probe", f"{target.name}-split"):
+        server = target.make_server(name).start()
+        worker = None
+        try:
+            if name.endswith("-split"):
+                worker = start_worker_process(server)
+            results[name] = run_idle_probe(
+                server,
+                SECRET,
+                target.database_url(name),
+                requests=options.idle_requests,
+                gap=options.idle_gap,
+            )
+        finally:
+            if worker is not None:
+                stop_gracefully(worker)
+            server.stop()
+    in_process, separate = results.values()
+    return in_process | {"separate_worker": separate}
 
 
 # -- summary ----------------------------------------------------------------------------------
@@ -261,7 +270,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def table(summaries: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| target | req/s | vs anchor | p50 ms | p99 ms | non-2xx | stored == 2xx "
-        "| p99 ms @ half rate | ack->done p50 ms | quiet rounds |",
+        "| p99 ms @ half rate | ack->done p50 ms (in-process / worker process) | quiet rounds |",
         "|" + "---|" * 10,
     ]
     for name, s in summaries.items():
@@ -271,12 +280,13 @@ def table(summaries: dict[str, dict[str, Any]]) -> str:
         else:
             stored = "n/a"
         idle = (s.get("idle") or {}).get("ack_to_done_ms", {}).get("p50")
+        split = ((s.get("idle") or {}).get("separate_worker") or {}).get("ack_to_done_ms", {})
         lines.append(
             f"| {name} | {_fmt(round(s['rps']))} | {'-' if ratio is None else f'{ratio:.0%}'} "
             f"| {_fmt(s['latency_ms']['p50'])} | {_fmt(s['latency_ms']['p99'])} "
             f"| {s['non_2xx']} | {stored} "
             f"| {_fmt(s['half_rate']['p99_ms'])} ({_fmt(round(s['half_rate']['rate']))}/s) "
-            f"| {_fmt(idle)} | {s['quiet_rounds']}/{s['rounds']} |"
+            f"| {_fmt(idle)} / {_fmt(split.get('p50'))} | {s['quiet_rounds']}/{s['rounds']} |"
         )
     return "\n".join(lines)
 

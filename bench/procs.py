@@ -204,17 +204,38 @@ class Server:
 
     def stop(self) -> None:
         """Ctrl-C (graceful: uvicorn drains, the inbox commits what it holds), then kill."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_gracefully(self.process)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def stop_gracefully(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT, as Ctrl-C would; SIGKILL after 30 s."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_worker_process(server: Server) -> subprocess.Popen[bytes]:
+    """`voicehooks worker` with ``server``'s environment (the server has migrated the store);
+    returns once it has had time to start and look for jobs."""
+    argv = [*voicehooks_argv()[:-1], "worker"]
+    log = server.workdir / f"{server.name}-worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            argv, env=server.env, cwd=server.workdir, stdout=out, stderr=subprocess.STDOUT
+        )
+    time.sleep(2.0)
+    if worker.poll() is not None:
+        raise RuntimeError(f"voicehooks worker exited at start-up:\n{log.read_text()[-2000:]}")
+    return worker

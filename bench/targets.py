@@ -126,9 +126,13 @@ def _voicehooks(
             "VOICEHOOKS_ELEVENLABS_SECRETS": SECRET,
         }
         argv = voicehooks_argv()
-        if server_name.endswith("-probe"):
-            # The idle probe needs workers, and a handler of its own (bench/probe_handler.py).
+        if server_name.endswith(("-probe", "-split")):
+            # The idle probe needs workers, and a handler of its own (bench/probe_handler.py):
+            # in-process ("-probe"), or in a `voicehooks worker` process beside a
+            # `serve --no-worker` ("-split", see bench/ingest.py run_probe).
             extra["VOICEHOOKS_PLUGINS"] = "bench.probe_handler"
+            if server_name.endswith("-split"):
+                argv.append("--no-worker")
         elif not in_process_workers:
             argv.append("--no-worker")
         server = Server(server_name, argv, env | extra, workdir)
