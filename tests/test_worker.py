@@ -27,20 +27,21 @@ side_effects = Table(
 )
 
 
+def transcription(key: str) -> IncomingDelivery:
+    """An authentic post_call_transcription delivery for conversation ``c<key>``."""
+    body = event_body(conversation_id=f"c{key}")
+    return IncomingDelivery(
+        source="elevenlabs",
+        identity=Identity("post_call_transcription", f"k{key}", f"c{key}"),
+        auth=Authenticity("hmac", 0),
+        sha256="0" * 64,
+        size=len(body),
+        body=body,
+    )
+
+
 def store(services, n: int = 1) -> list[int]:  # type: ignore[no-untyped-def]
-    ids = []
-    for i in range(n):
-        body = event_body(conversation_id=f"c{i}")
-        incoming = IncomingDelivery(
-            source="elevenlabs",
-            identity=Identity("post_call_transcription", f"k{i}", f"c{i}"),
-            auth=Authenticity("hmac", 0),
-            sha256="0" * 64,
-            size=len(body),
-            body=body,
-        )
-        ids.append(services.inbox.accept_now(incoming).delivery_id)
-    return ids
+    return [services.inbox.accept_now(transcription(str(i))).delivery_id for i in range(n)]
 
 
 def job_rows(services):  # type: ignore[no-untyped-def]
@@ -225,17 +226,8 @@ def test_worker_in_another_process_is_woken_by_the_receivers_commit(
     receiver.inbox.start()
     try:
         time.sleep(0.5)  # the worker has polled once and is now waiting
-        body = event_body(conversation_id="c-elsewhere")
-        incoming = IncomingDelivery(
-            source="elevenlabs",
-            identity=Identity("post_call_transcription", "k-elsewhere", "c-elsewhere"),
-            auth=Authenticity("hmac", 0),
-            sha256="0" * 64,
-            size=len(body),
-            body=body,
-        )
         stored_at = time.monotonic()
-        receipt = asyncio.run(receiver.inbox.accept(incoming))
+        receipt = asyncio.run(receiver.inbox.accept(transcription("-elsewhere")))
         wait_until(lambda: done_at, timeout=10)
     finally:
         receiver.inbox.stop()
