@@ -10,11 +10,12 @@ runs next to it and the number is the framework's alone.
 from __future__ import annotations
 
 from receiver.events import Event, HandlerContext
-from receiver.registry import handler
+from receiver.registry import Blueprint
 
 PROBE_EVENT = "bench_probe"
+blueprint = Blueprint("bench_probe")
 
 
-@handler("elevenlabs", PROBE_EVENT)
+@blueprint.handler("elevenlabs", PROBE_EVENT)
 async def probe(event: Event, ctx: HandlerContext) -> None:
     """Nothing to do: the job's finished_at is the completion time the benchmark reads."""

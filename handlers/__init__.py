@@ -1,14 +1,7 @@
 """Built-in handlers, written exactly as a third-party plugin would be.
 
-This package is named in the ``voicehooks.handlers`` entry-point group (see pyproject.toml);
-importing it imports each handler module, whose ``@handler`` decorators register them. Their
-tables migrate through the ``voicehooks.migrations`` entry point (``handlers/migrations``).
+Each subpackage is a plugin of its own: ``handlers.elevenlabs`` and ``handlers.kie`` each build a
+``Blueprint`` (their handlers, listed explicitly), own their tables and their Alembic branch, and
+add their commands to the CLI, all through the entry points in pyproject.toml. Nothing in
+``receiver/`` imports from here.
 """
-
-from handlers import (  # noqa: F401  (imported for their @handler registrations)
-    elevenlabs_audio,
-    elevenlabs_call_failure,
-    elevenlabs_transcription,
-    elevenlabs_workspace,
-    kie_dialogue,
-)

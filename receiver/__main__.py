@@ -1,5 +1,5 @@
 """`python -m receiver` is the same command as `voicehooks`."""
 
-from receiver.cli import main
+from receiver.cli.main import main
 
 main()

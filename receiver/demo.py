@@ -30,13 +30,13 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from sqlalchemy import Engine, MetaData, func, inspect, select
-from sqlalchemy import Table as SqlTable
+from sqlalchemy import Engine
 
+from receiver import jobs
+from receiver.registry import Registry
 from receiver.replay import Replayer, ReplayResult
 from receiver.settings import Settings
-from receiver.store.models import Delivery, Job, JobStatus
+from receiver.store.models import JobStatus
 
 EXPECTED_DEAD = {
     "elevenlabs/post_call_audio_doc_example.json": (
@@ -48,8 +48,6 @@ EXPECTED_DEAD = {
 RESEND = "elevenlabs/post_call_transcription.json"
 UNREACHABLE_AUDIO_HOST = b"https://tempfile.example.com"
 AUDIO_FIXTURE = "audio/hello.mp3"
-jobs_table = Job.__table__  # type: ignore[attr-defined]
-deliveries_table = Delivery.__table__  # type: ignore[attr-defined]
 
 
 class DemoError(Exception):
@@ -97,7 +95,7 @@ def audio_server(mp3: bytes) -> Iterator[str]:
 
 
 @contextmanager
-def running_receiver(settings: Settings) -> Iterator[tuple[str, Engine]]:
+def running_receiver(settings: Settings) -> Iterator[tuple[str, Engine, Registry]]:
     """The real app under uvicorn with its workers, on a port bound before it starts."""
     import uvicorn
 
@@ -120,7 +118,8 @@ def running_receiver(settings: Settings) -> Iterator[tuple[str, Engine]]:
             raise DemoError("the demo receiver did not start (run `voicehooks serve` to see why)")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}", app.state.services.engine
+        services = app.state.services
+        yield f"http://127.0.0.1:{port}", services.engine, services.registry
     finally:
         server.should_exit = True
         thread.join(60)
@@ -144,20 +143,12 @@ def prepare_fixtures(source: Path, target: Path, audio_base: str) -> list[tuple[
     return files
 
 
-def job_counts(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(jobs_table.c.status, func.count()).group_by(jobs_table.c.status)
-        ).all()
-    return {status: count for status, count in rows}
-
-
 def wait_for_jobs(engine: Engine, timeout: float, console: Console) -> dict[str, int]:
     """Poll until no job is pending or running (or the timeout); returns the final counts."""
-    from receiver.cli_replay import progress_bar
+    from receiver.cli.replay import progress_bar
 
     deadline = time.monotonic() + timeout
-    counts = job_counts(engine)
+    counts = jobs.job_counts(engine)
     with progress_bar("handlers") as progress:
         task = progress.add_task("running handlers", total=sum(counts.values()), current="")
         while True:
@@ -167,131 +158,15 @@ def wait_for_jobs(engine: Engine, timeout: float, console: Console) -> dict[str,
             if not unfinished or time.monotonic() > deadline:
                 return counts
             time.sleep(0.1)
-            counts = job_counts(engine)
+            counts = jobs.job_counts(engine)
 
 
 # -- the report -----------------------------------------------------------------------------
 
 
-def _reflect(engine: Engine, *names: str) -> dict[str, SqlTable]:
-    """The handler tables that exist (a store without the built-in handlers has none)."""
-    present = [n for n in names if inspect(engine).has_table(n)]
-    metadata = MetaData()
-    metadata.reflect(engine, only=present)
-    return {name: metadata.tables[name] for name in present}
-
-
 def _short(value: Any, width: int = 60) -> str:
     text = "-" if value is None else str(value)
     return escape(text if len(text) <= width else text[: width - 1] + "…")
-
-
-def conversations_table(engine: Engine) -> Table | None:
-    tables = _reflect(engine, "conversations", "conversation_turns", "conversation_audio")
-    if "conversations" not in tables:
-        return None
-    conv = tables["conversations"]
-    with engine.connect() as conn:
-        rows = conn.execute(select(conv).order_by(conv.c.conversation_id)).all()
-        turns: dict[str, int] = {}
-        if "conversation_turns" in tables:
-            t = tables["conversation_turns"]
-            turns = dict(
-                conn.execute(
-                    select(t.c.conversation_id, func.count()).group_by(t.c.conversation_id)
-                ).all()
-            )
-        audio: dict[str, int] = {}
-        if "conversation_audio" in tables:
-            a = tables["conversation_audio"]
-            audio = dict(conn.execute(select(a.c.conversation_id, a.c.size)).all())
-    table = Table("conversation", "agent", "status", "successful", "turns", "audio", "summary")
-    for row in rows:
-        size = audio.get(row.conversation_id)
-        table.add_row(
-            _short(row.conversation_id),
-            _short(row.agent_id),
-            _short(row.status),
-            _short(row.call_successful),
-            str(turns.get(row.conversation_id, 0)),
-            f"{size:,} B mp3" if size else "-",
-            _short(row.call_summary_title or row.transcript_summary, 34),
-        )
-    return table
-
-
-def call_failures_table(engine: Engine) -> Table | None:
-    tables = _reflect(engine, "call_failures")
-    if not tables:
-        return None
-    t = tables["call_failures"]
-    with engine.connect() as conn:
-        rows = conn.execute(select(t).order_by(t.c.id)).all()
-    table = Table("conversation", "reason", "provider", "detail")
-    for row in rows:
-        detail = row.sip_status_code or row.twilio_call_status or row.sip_reason
-        table.add_row(
-            _short(row.conversation_id),
-            _short(row.failure_reason),
-            _short(row.provider_type),
-            _short(detail),
-        )
-    return table
-
-
-def notices_table(engine: Engine) -> Table | None:
-    tables = _reflect(engine, "workspace_notices")
-    if not tables:
-        return None
-    t = tables["workspace_notices"]
-    with engine.connect() as conn:
-        rows = conn.execute(select(t).order_by(t.c.id)).all()
-    table = Table("event", "voice")
-    for row in rows:
-        table.add_row(_short(row.event_type), _short(row.voice_id))
-    return table
-
-
-def tasks_table(engine: Engine) -> Table | None:
-    tables = _reflect(engine, "dialogue_tasks")
-    if not tables:
-        return None
-    t = tables["dialogue_tasks"]
-    with engine.connect() as conn:
-        rows = conn.execute(select(t).order_by(t.c.task_id)).all()
-    table = Table("task", "state", "turns", "audio", "failure")
-    for row in rows:
-        if row.audio_size:
-            audio = f"{row.audio_size:,} B {row.audio_content_type or ''}".strip()
-        else:
-            audio = "error" if row.audio_error else "-"
-        table.add_row(
-            _short(row.task_id),
-            _short(row.state),
-            str(len(row.dialogue or [])),
-            escape(audio),
-            _short(row.fail_msg or row.audio_error, 40),
-        )
-    return table
-
-
-def dead_jobs(engine: Engine) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(jobs_table.c.delivery_id, jobs_table.c.handler, jobs_table.c.last_error)
-            .where(jobs_table.c.status == JobStatus.dead)
-            .order_by(jobs_table.c.id)
-        ).all()
-    return [dict(row._mapping) for row in rows]
-
-
-def delivery_job_states(engine: Engine, delivery_id: int) -> set[str]:
-    with engine.connect() as conn:
-        return set(
-            conn.execute(
-                select(jobs_table.c.status).where(jobs_table.c.delivery_id == delivery_id)
-            ).scalars()
-        )
 
 
 def check(
@@ -311,7 +186,7 @@ def check(
             problems.append(f"{name}: {job['handler']} failed: {job['last_error']}")
     for r in results:
         if r.name in EXPECTED_DEAD and r.delivery_id is not None:
-            states = delivery_job_states(engine, r.delivery_id)
+            states = jobs.delivery_job_states(engine, r.delivery_id)
             if JobStatus.done in states and JobStatus.dead not in states:
                 problems.append(f"{r.name} was processed as if it were good; it must be refused")
     return problems
@@ -340,23 +215,16 @@ def print_duplicates(console: Console, results: list[ReplayResult]) -> None:
 def print_report(
     console: Console,
     engine: Engine,
+    registry: Registry,
     results: list[ReplayResult],
     counts: dict[str, int],
     dead: list[dict[str, Any]],
 ) -> None:
-    sections = [
-        ("Conversations", conversations_table(engine)),
-        ("Call initiation failures", call_failures_table(engine)),
-        ("Workspace notices", notices_table(engine)),
-        ("kie.ai dialogue tasks", tasks_table(engine)),
-    ]
-    for title, table in sections:
+    # Each installed plugin reports on its own tables; the demo knows none of them.
+    for report in registry.reports():
+        title, table = report(engine)
         console.print()
-        if table is None:
-            console.print(
-                f"[bold]{title}[/bold]: no table (the built-in handlers are not installed)"
-            )
-        elif not table.row_count:
+        if not table.row_count:
             console.print(f"[bold]{title}[/bold]: none")
         else:
             console.print(f"[bold]{title}[/bold] ({table.row_count})")
@@ -404,7 +272,7 @@ def demo_settings(workdir: Path) -> Settings:
 
 def run_demo(fixtures: Path, *, timeout: float, keep: bool, console: Console) -> bool:
     """Run the whole demo, print its report; True when everything expected happened."""
-    from receiver.cli_replay import replay_files, results_table, summary_line
+    from receiver.cli.replay import replay_files, results_table, summary_line
 
     mp3_path = fixtures / AUDIO_FIXTURE
     if not mp3_path.is_file():
@@ -416,7 +284,7 @@ def run_demo(fixtures: Path, *, timeout: float, keep: bool, console: Console) ->
             files = prepare_fixtures(fixtures, workdir / "fixtures", audio_base)
             if not files:
                 raise DemoError(f"no *.json fixtures under {fixtures}")
-            with running_receiver(settings) as (url, engine):
+            with running_receiver(settings) as (url, engine, registry):
                 console.print(
                     f"[bold]voicehooks demo[/bold]: a throwaway receiver on {url}, "
                     f"SQLite store in {workdir}",
@@ -438,8 +306,8 @@ def run_demo(fixtures: Path, *, timeout: float, keep: bool, console: Console) ->
                 console.print(summary_line(results), highlight=False)
                 print_duplicates(console, results)
                 counts = wait_for_jobs(engine, timeout, console)
-                dead = dead_jobs(engine)
-                print_report(console, engine, results, counts, dead)
+                dead = jobs.dead_jobs(engine)
+                print_report(console, engine, registry, results, counts, dead)
                 problems = check(engine, results, counts, dead)
     finally:
         if not keep:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+import anyio
+from sqlalchemy import Connection, Engine
 from sqlmodel import Session
 
 from receiver.body import ReceivedBody
@@ -41,9 +44,24 @@ class Event:
         return self._source.parse(self.type, self.body)
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
 @dataclass
 class HandlerContext:
-    """Writes made through ``session`` commit atomically with the job being marked done."""
+    """What a handler may use. Its writes all go into one transaction, ``session``'s, which the
+    worker commits together with the job's end (done, or dead for a ``PermanentFailure`` that
+    keeps its writes), guarded by the job's lease: a worker that lost its lease commits nothing.
+
+    A sync handler runs on a worker thread and uses ``session`` directly. An async handler runs
+    on the worker's event loop, where a blocking database call would stall every other job, so
+    it reaches the same transaction with ``await ctx.write(fn, ...)``, which runs
+    ``fn(session, ...)`` on a thread. ``await ctx.read(fn, ...)`` runs ``fn(connection, ...)``
+    on a separate connection, outside the transaction: a look before slow work (a download)
+    that takes no lock. On SQLite the transaction holds the write lock from its first statement
+    to the commit, so do slow work before the first ``write``, never between it and returning.
+    """
 
     session: Session
     blobs: BlobStore
@@ -51,8 +69,34 @@ class HandlerContext:
     settings: Settings
     job_id: int
     attempt: int
+    engine: Engine | None = field(default=None, repr=False)
+
+    async def write(
+        self, fn: Callable[Concatenate[Session, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        return await anyio.to_thread.run_sync(lambda: fn(self.session, *args, **kwargs))
+
+    async def read(
+        self, fn: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        engine = self.engine if self.engine is not None else self.session.get_bind()
+
+        def run() -> _T:
+            with engine.connect() as conn:
+                return fn(conn, *args, **kwargs)
+
+        return await anyio.to_thread.run_sync(run)
 
 
 class PermanentFailure(Exception):
     """Raise from a handler when retrying cannot help (bad data, expired URL): the job goes
-    straight to ``dead`` with this message, instead of using up its retries."""
+    straight to ``dead`` with this message, instead of using up its retries.
+
+    Normally the handler's writes are rolled back with it. ``keep_writes=True`` commits them
+    with the job's death instead (still under the lease guard): a handler that recorded what it
+    learned (a kie.ai task's state) before finding it cannot finish (its audio has expired).
+    """
+
+    def __init__(self, message: str, *, keep_writes: bool = False) -> None:
+        super().__init__(message)
+        self.keep_writes = keep_writes

@@ -1,10 +1,12 @@
-"""Which handlers run for which (source, event type).
+"""Which handlers run for which (source, event type), collected from plugins' blueprints.
 
-A handler is a plain function (sync or async) taking ``(event, ctx)``, marked with
-``@handler(source, event_type)``. Importing the module that defines it is what registers it, so
-"installing a plugin" means "make sure its module is imported": built-in handlers and third-party
-packages name their module in the entry-point group ``voicehooks.handlers``; a deployment can add
-more with ``VOICEHOOKS_PLUGINS=module[:object],...``.
+A plugin (the built-in ``handlers.elevenlabs`` and ``handlers.kie`` included) builds one
+``Blueprint``: the handlers it provides, each for a (source, event type), and optionally the
+sections it adds to the demo report. Nothing is registered by importing a module; the blueprint
+is an object the plugin hands over, through the entry-point group ``voicehooks.handlers`` or the
+setting ``VOICEHOOKS_PLUGINS=module[:attribute],...`` (a bare module means its ``blueprint``).
+``load_registry`` turns the installed blueprints into one ``Registry``, the only thing the inbox,
+the workers and the admin commands consult.
 
 Jobs record a handler by its stable name ``module:qualname``; a job whose handler has since been
 uninstalled fails with a message that says so instead of vanishing.
@@ -13,20 +15,27 @@ uninstalled fails with a message that says so instead of vanishing.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from receiver.events import Event, HandlerContext
 
 ENTRY_POINT_GROUP = "voicehooks.handlers"
 HandlerFunc = Callable[["Event", "HandlerContext"], Awaitable[None] | None]
-log = structlog.get_logger(__name__)
+# A demo report section: given the store, something rich can print (or None when empty).
+ReportFunc = Callable[["Engine"], Any]
+
+
+class PluginError(Exception):
+    """A plugin that cannot be loaded: start-up stops with this one line."""
 
 
 @dataclass(frozen=True)
@@ -40,24 +49,54 @@ class HandlerSpec:
         return f"{self.func.__module__}:{self.func.__qualname__}"
 
 
-_declared: list[HandlerSpec] = []
+@dataclass
+class Blueprint:
+    """What one plugin provides, collected on an object instead of in module-level state.
 
+    Build it where the plugin's handlers are listed (its package ``__init__``), either with
+    ``blueprint.add(source, event_type, func)`` or with the ``@blueprint.handler(...)`` decorator.
+    """
 
-def handler(source: str, event_type: str) -> Callable[[HandlerFunc], HandlerFunc]:
-    """Register the decorated function for ``(source, event_type)``; stackable."""
+    name: str
+    handlers: list[HandlerSpec] = field(default_factory=list)
+    reports: list[ReportFunc] = field(default_factory=list)
 
-    def register(func: HandlerFunc) -> HandlerFunc:
-        _declared.append(HandlerSpec(source, event_type, func))
+    def add(self, source: str, event_type: str, func: HandlerFunc) -> None:
+        spec = HandlerSpec(source, event_type, func)
+        if spec not in self.handlers:
+            self.handlers.append(spec)
+
+    def handler(self, source: str, event_type: str) -> Callable[[HandlerFunc], HandlerFunc]:
+        """Decorator form of ``add``; stackable for a function that handles several events."""
+
+        def register(func: HandlerFunc) -> HandlerFunc:
+            self.add(source, event_type, func)
+            return func
+
+        return register
+
+    def report(self, func: ReportFunc) -> ReportFunc:
+        """Add a section to ``voicehooks demo``'s report (a function of the engine)."""
+        self.reports.append(func)
         return func
-
-    return register
 
 
 class Registry:
-    def __init__(self, specs: Iterable[HandlerSpec] = ()) -> None:
+    def __init__(self, blueprints: Iterable[Blueprint] = ()) -> None:
+        self.blueprints: list[Blueprint] = []
         self._by_event: dict[tuple[str, str], list[HandlerSpec]] = defaultdict(list)
         self._by_name: dict[str, HandlerSpec] = {}
-        for spec in specs:
+        for blueprint in blueprints:
+            self.include(blueprint)
+
+    @classmethod
+    def of(cls, specs: Iterable[HandlerSpec]) -> Registry:
+        """A registry of just these handlers, no plugins (tests, embedding)."""
+        return cls([Blueprint("inline", list(specs))])
+
+    def include(self, blueprint: Blueprint) -> None:
+        self.blueprints.append(blueprint)
+        for spec in blueprint.handlers:
             self.add(spec)
 
     def add(self, spec: HandlerSpec) -> None:
@@ -83,33 +122,61 @@ class Registry:
     def get(self, name: str) -> HandlerSpec | None:
         return self._by_name.get(name)
 
-    def __iter__(self) -> Any:
+    def reports(self) -> list[ReportFunc]:
+        return [report for blueprint in self.blueprints for report in blueprint.reports]
+
+    def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(self._by_name.values())
 
     def __len__(self) -> int:
         return len(self._by_name)
 
 
-def import_plugin(reference: str) -> object:
-    """Import ``module`` or ``module:attribute`` with an error that names the setting."""
+def import_object(reference: str) -> object:
+    """Import ``module`` or ``module:attribute.path``.
+
+    The working directory is importable, as it is for ``python -m``: the README's recipe
+    (``myplugin.py`` beside you, ``VOICEHOOKS_PLUGINS=myplugin``) must work from a console script.
+    """
     module_name, _, attribute = reference.partition(":")
-    try:
-        obj: object = importlib.import_module(module_name)
-        for part in filter(None, attribute.split(".")):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise RuntimeError(f"cannot load handler plugin {reference!r}: {exc}") from exc
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    obj: object = importlib.import_module(module_name)
+    for part in filter(None, attribute.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+def as_blueprint(obj: object, where: str) -> Blueprint:
+    """A plugin names a Blueprint, or a module that has one called ``blueprint``."""
+    if not isinstance(obj, Blueprint):
+        obj = getattr(obj, "blueprint", obj)
+    if not isinstance(obj, Blueprint):
+        raise PluginError(f"{where} is not a voicehooks Blueprint (nor a module with `blueprint`)")
     return obj
 
 
 def load_registry(plugins: Iterable[str] = (), *, use_entry_points: bool = True) -> Registry:
-    """Import every installed and configured plugin, then collect what they declared."""
+    """Every installed (entry points) and configured (``VOICEHOOKS_PLUGINS``) blueprint.
+
+    A plugin that fails to load raises ``PluginError``: a receiver silently running without a
+    handler it was meant to have would acknowledge events that nothing then processes.
+    """
+    blueprints: list[Blueprint] = []
     if use_entry_points:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
+            where = f"handler plugin {ep.name!r} ({ep.value}, entry point {ENTRY_POINT_GROUP})"
             try:
-                ep.load()
-            except Exception as exc:  # a broken plugin must not take the receiver down
-                log.error("plugin_load_failed", entry_point=ep.name, value=ep.value, error=str(exc))
+                obj = ep.load()
+            except Exception as exc:
+                raise PluginError(f"cannot load {where}: {type(exc).__name__}: {exc}") from exc
+            blueprints.append(as_blueprint(obj, where))
     for reference in plugins:
-        import_plugin(reference)
-    return Registry(_declared)
+        where = f"handler plugin {reference!r} (VOICEHOOKS_PLUGINS)"
+        try:
+            obj = import_object(reference)
+        except Exception as exc:
+            raise PluginError(f"cannot load {where}: {type(exc).__name__}: {exc}") from exc
+        blueprints.append(as_blueprint(obj, where))
+    return Registry(blueprints)

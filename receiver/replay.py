@@ -14,11 +14,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import hmac
 import json
 import os
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,8 @@ from sqlalchemy import Engine, select
 
 from receiver import jsonstream
 from receiver.settings import Settings
-from receiver.sources import elevenlabs
+from receiver.sources import load_sources
+from receiver.sources.base import Described, SigningError, Source
 from receiver.store.blobs import BlobStore
 from receiver.store.models import Delivery
 
@@ -40,20 +39,6 @@ IN_PROCESS_URL = "http://in-process"
 # the receiver's default spool threshold, past which it keeps the body as a blob too.
 STREAM_ABOVE_BYTES = 1024 * 1024
 CHUNK_BYTES = 64 * 1024
-CHUNKED_EVENT_TYPES = frozenset({elevenlabs.AUDIO_EVENT})
-KIE_EVENT_TYPE = "task_callback"
-_FIELDS = [
-    ("type",),
-    ("event_timestamp",),
-    ("code",),
-    ("msg",),
-    ("taskId",),
-    ("data", "taskId"),
-    ("data", "task_id"),
-    ("data", "state"),
-    ("data", "conversation_id"),
-    ("data", "agent_id"),
-]
 
 
 class ReplayError(Exception):
@@ -96,34 +81,36 @@ def collect_paths(arguments: Iterable[str]) -> list[Path]:
 
 @dataclass(frozen=True)
 class Payload:
-    """One payload file and what replay needs to know about it."""
+    """One payload file and what its source says about it."""
 
     path: Path
     source: str
     size: int
-    event_type: str | None = None
-    task_id: str | None = None
-    state: str | None = None
+    described: Described
+
+    @property
+    def event_type(self) -> str | None:
+        return self.described.event_type
+
+    @property
+    def subject_id(self) -> str | None:
+        return self.described.subject_id
 
     @property
     def chunked(self) -> bool:
-        """Sent as ElevenLabs sends audio: chunked, streamed from disk (and any big body)."""
-        return self.event_type in CHUNKED_EVENT_TYPES or self.size > STREAM_ABOVE_BYTES
+        """Sent chunked, streamed from disk: as the provider sends it, and any big body."""
+        return self.described.chunked or self.size > STREAM_ABOVE_BYTES
 
     @property
     def label(self) -> str:
-        """The event type as the receiver will classify it, with the kie.ai state."""
-        if self.source == "kie":
-            kind = KIE_EVENT_TYPE if self.task_id else "(no taskId)"
-            return f"{kind} ({self.state})" if self.state else kind
-        return self.event_type or "-"
+        return self.described.label
 
 
-def _read_document(path: Path, size: int) -> dict[str, Any] | None:
-    """The fields replay looks at, or None when the file is not a JSON object.
+def _read_document(path: Path, size: int, sources: Iterable[Source]) -> dict[str, Any] | None:
+    """The fields the sources look at, or None when the file is not a JSON object.
 
-    A small file is parsed whole; a big one (audio) is scanned with the streaming reader, which
-    skips the huge base64 value without holding it.
+    A small file is parsed whole; a big one (audio) is scanned with the streaming reader for the
+    sources' ``shape_fields`` only, which skips the huge base64 value without holding it.
     """
     if size <= STREAM_ABOVE_BYTES:
         try:
@@ -131,72 +118,46 @@ def _read_document(path: Path, size: int) -> dict[str, Any] | None:
         except (ValueError, UnicodeDecodeError):
             return None
         return document if isinstance(document, dict) else None
+    paths = sorted({p for source in sources for p in source.shape_fields})
     try:
         with open(path, "rb") as fh:
-            fields = jsonstream.read_fields(fh, _FIELDS)
+            fields = jsonstream.read_fields(fh, paths)
     except ValueError:
         return None
     document: dict[str, Any] = {}
     for key, value in fields.items():
-        if len(key) == 1:
-            document[key[0]] = value
-        else:
-            document.setdefault("data", {})[key[1]] = value
+        target = document
+        for part in key[:-1]:
+            target = target.setdefault(part, {})
+        target[key[-1]] = value
     return document
 
 
-def infer_source(document: dict[str, Any]) -> str | None:
-    """``elevenlabs``, ``kie`` or None, from the shape of the body.
-
-    ElevenLabs wraps every event as ``{"type", "event_timestamp", "data": {...}}``; a kie.ai
-    callback is the recordInfo response ``{"code", "msg", "data": {"taskId", "state", ...}}``
-    (some pages put the id at the top level or in ``data.task_id``).
-    """
-    from receiver.sources.kie import task_id_of
-
-    data = document.get("data")
-    if "taskId" in document or ("code" in document and "msg" in document):
-        return "kie"
-    if isinstance(document.get("type"), str) and isinstance(data, dict):
-        return "elevenlabs"
-    if task_id_of(document) or (isinstance(data, dict) and "state" in data):
-        return "kie"
-    return None
+def infer_source(document: dict[str, Any], sources: dict[str, Source]) -> str | None:
+    """The one source that recognises the body's shape; None when none (or several) do."""
+    matches = [name for name, source in sources.items() if source.recognises(document)]
+    return matches[0] if len(matches) == 1 else None
 
 
-def inspect_payload(path: Path, source: str | None = None) -> Payload:
+def inspect_payload(path: Path, sources: dict[str, Source], source: str | None = None) -> Payload:
     """Read what replay needs from ``path``; ``source`` overrides the inference."""
-    from receiver.sources.kie import task_id_of
-
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise ReplayError(f"cannot read it ({exc.strerror})") from None
-    document = _read_document(path, size)
+    if source is not None and source not in sources:
+        raise ReplayError(f"unknown source {source!r}; known: {', '.join(sorted(sources))}")
+    document = _read_document(path, size, sources.values())
     if source is None:
         if document is None:
             raise ReplayError("not a JSON object, so its source is unknown; pass --source")
-        source = infer_source(document)
+        source = infer_source(document, sources)
         if source is None:
             raise ReplayError(
-                "neither an ElevenLabs event ({type, data}) nor a kie.ai callback "
-                "({code, msg, data.taskId}); pass --source to send it anyway"
+                "its shape is not one that exactly one source recognises "
+                f"({', '.join(sorted(sources))}); pass --source to send it anyway"
             )
-    document = document or {}
-    data = document.get("data")
-    data = data if isinstance(data, dict) else {}
-    if source == "kie":
-        state = data.get("state")
-        return Payload(
-            path,
-            source,
-            size,
-            KIE_EVENT_TYPE,
-            task_id_of(document),
-            state if isinstance(state, str) else None,
-        )
-    event_type = document.get("type")
-    return Payload(path, source, size, event_type if isinstance(event_type, str) else None)
+    return Payload(path, source, size, sources[source].describe(document or {}))
 
 
 # -- signing --------------------------------------------------------------------------------
@@ -208,24 +169,9 @@ def file_chunks_sync(path: Path) -> Iterable[bytes]:
             yield chunk
 
 
-def sign_elevenlabs_file(secret: str, path: Path, timestamp: int | None = None) -> str:
-    """The ``ElevenLabs-Signature`` for the file's bytes, without holding a big file in memory.
-
-    Small files go through ``receiver.sources.elevenlabs.sign`` itself; big ones are hashed in
-    chunks into exactly the same HMAC (``<t>.`` followed by the raw bytes).
-    """
-    ts = int(time.time()) if timestamp is None else timestamp
-    if path.stat().st_size <= STREAM_ABOVE_BYTES:
-        return elevenlabs.sign(secret, path.read_bytes(), ts)
-    mac = hmac.new(secret.encode(), f"{ts}.".encode(), hashlib.sha256)
-    for chunk in file_chunks_sync(path):
-        mac.update(chunk)
-    return f"t={ts},v0={mac.hexdigest()}"
-
-
 @dataclass(frozen=True)
 class SignedRequest:
-    """Everything that authenticates one request, as the provider would send it."""
+    """Everything that authenticates one request, and where it goes."""
 
     source: str
     headers: dict[str, str]
@@ -240,39 +186,17 @@ class SignedRequest:
 
 
 def sign_request(
-    payload: Payload, settings: Settings, *, timestamp: int | None = None
+    payload: Payload, sources: dict[str, Source], *, timestamp: int | None = None
 ) -> SignedRequest:
-    """Sign ``payload`` with the first configured secret of its source."""
-    headers = {"Content-Type": "application/json"}
-    if payload.source == "elevenlabs":
-        secrets = settings.elevenlabs_secrets
-        if not secrets:
-            raise ReplayError(
-                "no ElevenLabs secret configured: set VOICEHOOKS_ELEVENLABS_SECRETS to the "
-                "receiver's secret"
-            )
-        secret = secrets[0].get_secret_value()
-        headers["ElevenLabs-Signature"] = sign_elevenlabs_file(secret, payload.path, timestamp)
-        return SignedRequest("elevenlabs", headers, valid_for=settings.elevenlabs_tolerance_seconds)
-    if payload.source == "kie":
-        from receiver.sources.kie import sign_headers
-
-        keys, token = settings.kie_hmac_keys, settings.kie_url_token
-        token_value = token.get_secret_value() if token is not None else ""
-        if keys and payload.task_id:
-            headers |= sign_headers(keys[0].get_secret_value(), payload.task_id, timestamp)
-            return SignedRequest("kie", headers, valid_for=settings.kie_tolerance_seconds)
-        if token_value:
-            return SignedRequest("kie", headers, {"token": token_value}, auth="url_token")
-        if keys:
-            raise ReplayError(
-                "no taskId (data.taskId, taskId or data.task_id), so it cannot "
-                "be HMAC-signed; set VOICEHOOKS_KIE_URL_TOKEN to send it with the URL token"
-            )
-        raise ReplayError(
-            "no kie.ai key configured: set VOICEHOOKS_KIE_HMAC_KEYS or VOICEHOOKS_KIE_URL_TOKEN"
+    """Sign ``payload`` as its source's provider would, with the first configured secret."""
+    try:
+        signed = sources[payload.source].sign(
+            lambda: file_chunks_sync(payload.path), payload.described, timestamp=timestamp
         )
-    raise ReplayError(f"cannot sign for source {payload.source!r} (known: elevenlabs, kie)")
+    except SigningError as exc:
+        raise ReplayError(str(exc)) from None
+    headers = {"Content-Type": "application/json", **signed.headers}
+    return SignedRequest(payload.source, headers, signed.params, signed.auth, signed.valid_for)
 
 
 # -- sending --------------------------------------------------------------------------------
@@ -358,6 +282,7 @@ class Replayer:
         timeout: float = 120.0,
     ) -> None:
         self.settings = settings
+        self.sources = load_sources(settings)
         self.url = IN_PROCESS_URL if in_process else url.rstrip("/")
         self.in_process = in_process
         self._timeout = timeout
@@ -401,9 +326,9 @@ class Replayer:
         assert self.client is not None
         result = ReplayResult(path, name or str(path))
         try:
-            payload = await anyio.to_thread.run_sync(inspect_payload, path, source)
+            payload = await anyio.to_thread.run_sync(inspect_payload, path, self.sources, source)
             result.source, result.event_type = payload.source, payload.label
-            signed = await anyio.to_thread.run_sync(lambda: sign_request(payload, self.settings))
+            signed = await anyio.to_thread.run_sync(sign_request, payload, self.sources)
         except ReplayError as exc:
             result.error = str(exc)
             return result

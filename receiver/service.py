@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from receiver.inbox import Inbox
 from receiver.registry import Registry, load_registry
 from receiver.settings import Settings
-from receiver.sources import all_sources
+from receiver.sources import load_sources
 from receiver.sources.base import Source
 from receiver.store import migrate
 from receiver.store.blobs import BlobStore
@@ -40,7 +40,7 @@ class Services:
         blobs = BlobStore(settings.blob_dir, settings.spool_dir)
         blobs.ensure_dirs()
         registry = registry if registry is not None else load_registry(settings.plugins)
-        sources = all_sources(settings)
+        sources = load_sources(settings)
         worker = Worker(engine, registry, sources, blobs, settings)
         inbox = Inbox(engine, registry, max_batch=settings.inbox_max_batch, on_new_jobs=worker.wake)
         return cls(settings, engine, blobs, registry, sources, inbox, worker)

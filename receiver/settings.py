@@ -36,14 +36,33 @@ class Settings(BaseSettings):
     elevenlabs_tolerance_seconds: int = 1800
     # ElevenLabs' SDKs do not bound future timestamps; we allow a small clock skew only.
     elevenlabs_future_skew_seconds: int = 300
+    # The ElevenLabs API (text-to-dialogue renders, conversation backfill); residency hosts
+    # work by setting the base URL.
     elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_base_url: str = "https://api.elevenlabs.io"
+    # Periodic backfill of conversations whose webhooks never arrived (0: off).
+    elevenlabs_reconcile_seconds: float = Field(default=0, ge=0)
 
     kie_hmac_keys: CommaList = Field(default_factory=list)
     kie_url_token: SecretStr | None = None
     kie_tolerance_seconds: int = 1800
+    # The kie.ai jobs API (createTask, recordInfo).
     kie_api_key: SecretStr | None = None
+    kie_base_url: str = "https://api.kie.ai"
+    kie_poll_seconds: float = Field(default=60, gt=0)
     # Result audio downloaded from kie.ai is refused past this size (the URL is not trusted).
     kie_max_audio_bytes: int = 200 * 1024 * 1024
+
+    # Sonna's dialogue endpoint (renders only: Sonna sends no webhooks).
+    sonna_api_key: SecretStr | None = None
+    sonna_base_url: str = "https://api.sonnalabs.app"
+
+    # Where providers reach this receiver, for callback URLs (kie.ai's callBackUrl).
+    public_url: str | None = None
+
+    # Outbound fetches of URLs that came from payloads or provider answers (receiver/fetch.py).
+    fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fetch_allow_private: bool = False
 
     max_body_bytes: int = 256 * 1024 * 1024
     # Bodies up to this size stay in memory and in the delivery row; larger ones are spooled
@@ -71,7 +90,7 @@ class Settings(BaseSettings):
     def _secrets_from_csv(cls, value: object) -> object:
         return _split_secrets(value)
 
-    @field_validator("plugins", mode="before")
+    @field_validator("plugins", "fetch_allowed_hosts", mode="before")
     @classmethod
     def _plugins_from_csv(cls, value: object) -> object:
         return _split_secrets(value)

@@ -1,10 +1,11 @@
 """Workers: claim a due job under a lease, run its handler, record the outcome.
 
-A claim is a short write transaction (Postgres: ``FOR UPDATE SKIP LOCKED``, so workers never wait
-for each other; SQLite: ``BEGIN IMMEDIATE``) that marks the job running until ``lease_until`` with
-a fresh ``lease_token``. The handler then runs in its own session, and marking the job done happens
-in that same transaction, guarded by the token: if the lease was lost (this worker stalled and
-another took the job over), the handler's writes are rolled back rather than applied twice.
+A claim (``jobs.claim``) is a short write transaction (Postgres: ``FOR UPDATE SKIP LOCKED``, so
+workers never wait for each other; SQLite: ``BEGIN IMMEDIATE``) that marks the job running until
+``lease_until`` with a fresh ``lease_token``. The handler then runs in its own session, and
+marking the job done happens in that same transaction, guarded by the token: if the lease was
+lost (this worker stalled and another took the job over), the handler's writes are rolled back
+rather than applied twice.
 A worker killed mid-job simply lets its lease expire; the job is claimed again.
 
 Workers run on their own thread and event loop, so a slow or blocking handler never delays the
@@ -16,55 +17,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import random
-import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import anyio
 import httpx
 import structlog
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine
 from sqlmodel import Session
 
-from receiver import metrics
+from receiver import jobs, metrics
 from receiver.body import ReceivedBody
 from receiver.events import Event, HandlerContext, PermanentFailure
+from receiver.jobs import ClaimedJob
 from receiver.registry import Registry
 from receiver.settings import Settings
 from receiver.sources.base import Source
 from receiver.store.blobs import BlobStore
 from receiver.store.db import writer
-from receiver.store.models import Delivery, Job, JobStatus
-from receiver.store.types import utcnow
 from receiver.wakeup import CommitWatcher
 
 log = structlog.get_logger(__name__)
-jobs_table = Job.__table__  # type: ignore[attr-defined]
-deliveries_table = Delivery.__table__  # type: ignore[attr-defined]
-MAX_ERROR_CHARS = 4000
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    id: int
-    delivery_id: int
-    handler: str
-    attempts: int
-    lease_token: str
-
-
-def retry_delay(attempts: int, base: float, cap: float) -> float:
-    """Exponential backoff with jitter: about base * 2^(n-1), randomised by +-50%, capped.
-
-    Jitter spreads retries of jobs that failed together (a database blip, a provider outage) so
-    they do not all come back at the same instant.
-    """
-    delay = min(cap, base * 2 ** max(0, attempts - 1))
-    return delay * random.uniform(0.5, 1.5)
+MAX_ERROR_CHARS = jobs.MAX_ERROR_CHARS
 
 
 def describe_error(exc: BaseException) -> str:
@@ -163,40 +138,7 @@ class Worker:
     # -- claim --------------------------------------------------------------------------------
 
     def claim(self) -> ClaimedJob | None:
-        now = utcnow()
-        token = secrets.token_hex(16)
-        lease_until = now + timedelta(seconds=self.settings.job_lease_seconds)
-        due = or_(
-            and_(jobs_table.c.status == JobStatus.pending, jobs_table.c.run_at <= now),
-            and_(jobs_table.c.status == JobStatus.running, jobs_table.c.lease_until < now),
-        )
-        query = (
-            select(
-                jobs_table.c.id,
-                jobs_table.c.delivery_id,
-                jobs_table.c.handler,
-                jobs_table.c.attempts,
-            )
-            .where(due)
-            .order_by(jobs_table.c.run_at)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        with self._writer.begin() as conn:
-            row = conn.execute(query).first()
-            if row is None:
-                return None
-            conn.execute(
-                update(jobs_table)
-                .where(jobs_table.c.id == row.id)
-                .values(
-                    status=JobStatus.running,
-                    attempts=row.attempts + 1,
-                    lease_until=lease_until,
-                    lease_token=token,
-                )
-            )
-        return ClaimedJob(row.id, row.delivery_id, row.handler, row.attempts + 1, token)
+        return jobs.claim(self.engine, self.settings.job_lease_seconds)
 
     # -- execute ------------------------------------------------------------------------------
 
@@ -234,16 +176,30 @@ class Worker:
                 settings=self.settings,
                 job_id=job.id,
                 attempt=job.attempts,
+                engine=self.engine,
             )
             try:
                 if inspect.iscoroutinefunction(spec.func):
-                    await spec.func(event, ctx)  # type: ignore[misc]
-                    completed = await anyio.to_thread.run_sync(self._complete, session, job)
+                    await spec.func(event, ctx)
+                    completed = await anyio.to_thread.run_sync(jobs.complete, session, job)
                 else:
                     # Handler, completion and commit in one thread: one transaction, one owner.
                     completed = await anyio.to_thread.run_sync(
                         self._run_sync_handler, spec.func, event, ctx, job
                     )
+            except PermanentFailure as exc:
+                if not exc.keep_writes:
+                    await anyio.to_thread.run_sync(session.rollback)
+                    return await anyio.to_thread.run_sync(self._record_failure, job, exc)
+                # What the handler recorded ends with the job: both commit, or (lease lost)
+                # neither does.
+                reason = describe_error(exc)
+                completed = await anyio.to_thread.run_sync(
+                    lambda: jobs.complete(session, job, dead_because=reason)
+                )
+                if completed:
+                    log.error("job_dead", job_id=job.id, handler=job.handler, error=str(exc))
+                    return "dead"
             except Exception as exc:
                 await anyio.to_thread.run_sync(session.rollback)
                 return await anyio.to_thread.run_sync(self._record_failure, job, exc)
@@ -257,28 +213,10 @@ class Worker:
         self, func: Callable[..., object], event: Event, ctx: HandlerContext, job: ClaimedJob
     ) -> bool:
         func(event, ctx)
-        return self._complete(ctx.session, job)
-
-    @staticmethod
-    def _complete(session: Session, job: ClaimedJob) -> bool:
-        """Mark the job done in the handler's transaction and commit; False if the lease was lost
-        (another worker took the job over), in which case the handler's writes are rolled back."""
-        done = session.execute(
-            update(jobs_table)
-            .where(jobs_table.c.id == job.id, jobs_table.c.lease_token == job.lease_token)
-            .values(status=JobStatus.done, finished_at=utcnow(), lease_until=None, last_error=None)
-        )
-        if done.rowcount != 1:  # type: ignore[attr-defined]
-            session.rollback()
-            return False
-        session.commit()
-        return True
+        return jobs.complete(ctx.session, job)
 
     def _load_event(self, job: ClaimedJob) -> Event:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(deliveries_table).where(deliveries_table.c.id == job.delivery_id)
-            ).one()
+        row = jobs.load_delivery(self.engine, job.delivery_id)
         source = self.sources.get(row.source)
         if source is None:
             raise PermanentFailure(f"delivery {row.id} is from unknown source {row.source!r}")
@@ -292,26 +230,17 @@ class Worker:
 
     def _record_failure(self, job: ClaimedJob, exc: Exception) -> str:
         message = describe_error(exc)
-        now = utcnow()
         give_up = (
             isinstance(exc, PermanentFailure) or job.attempts >= self.settings.job_max_attempts
         )
-        values: dict[str, object] = {"last_error": message, "lease_until": None}
-        if give_up:
-            values |= {"status": JobStatus.dead, "finished_at": now}
-        else:
-            delay = retry_delay(
+        retry_in = None
+        if not give_up:
+            retry_in = jobs.retry_delay(
                 job.attempts,
                 self.settings.job_retry_base_seconds,
                 self.settings.job_retry_max_seconds,
             )
-            values |= {"status": JobStatus.pending, "run_at": now + timedelta(seconds=delay)}
-        with self._writer.begin() as conn:
-            conn.execute(
-                update(jobs_table)
-                .where(jobs_table.c.id == job.id, jobs_table.c.lease_token == job.lease_token)
-                .values(**values)
-            )
+        jobs.fail(self.engine, job, message, retry_in=retry_in)
         level = log.error if give_up else log.warning
         level(
             "job_dead" if give_up else "job_retry",
@@ -334,14 +263,4 @@ class Worker:
                 log.warning("lease_extend_failed", job_id=job.id, exc_info=True)
 
     def _extend_lease(self, job: ClaimedJob) -> None:
-        until: datetime = utcnow() + timedelta(seconds=self.settings.job_lease_seconds)
-        with self._writer.begin() as conn:
-            conn.execute(
-                update(jobs_table)
-                .where(
-                    jobs_table.c.id == job.id,
-                    jobs_table.c.lease_token == job.lease_token,
-                    jobs_table.c.status == JobStatus.running,
-                )
-                .values(lease_until=until)
-            )
+        jobs.extend_lease(self.engine, job, self.settings.job_lease_seconds)

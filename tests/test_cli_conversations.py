@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from receiver.cli import app
+from receiver.cli.main import app
 from tests.conftest import FIXTURES, event_body, fixture_bytes
 from tests.test_elevenlabs_handlers import REGISTRY
 

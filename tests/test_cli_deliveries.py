@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from receiver.cli import app
+from receiver.cli.main import app
 from receiver.inbox import IncomingDelivery
 from receiver.registry import HandlerSpec, Registry
 from receiver.service import Services
@@ -34,7 +34,7 @@ def run(*args: str) -> str:
 
 def test_deliveries_commands(cli_env) -> None:  # type: ignore[no-untyped-def]
     assert "up to date" in run("migrate")
-    registry = Registry([HandlerSpec("elevenlabs", "post_call_transcription", _boom)])
+    registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", _boom)])
     services = Services.create(cli_env, registry)
     services.settings.job_max_attempts = 1
     incoming = IncomingDelivery(
@@ -76,7 +76,7 @@ def test_show_unknown_delivery_is_a_clear_error(cli_env) -> None:  # type: ignor
 def test_invalid_setting_is_named_without_a_traceback_or_its_value(
     tmp_path, monkeypatch, capsys
 ) -> None:  # type: ignore[no-untyped-def]
-    from receiver.cli import main
+    from receiver.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VOICEHOOKS_DB_POOL_SIZE", "0")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from receiver.cli import app
+from receiver.cli.main import app
 from tests import test_kie_handler as handler_tests
 from tests.test_kie_handler import MP3, REGISTRY, body_with, deliver, drain
 from tests.test_kie_source import FAIL_ID, SUCCESS_ID, kie_settings

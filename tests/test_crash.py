@@ -31,7 +31,7 @@ def test_sigkill_under_load_loses_no_acknowledged_delivery(
     database_url: str, tmp_path: Path
 ) -> None:
     env = {
-        "VOICEHOOKS_PLUGINS": "tests.plugins_inline:slow_ack",
+        "VOICEHOOKS_PLUGINS": "tests.plugins_inline",
         "VOICEHOOKS_JOB_LEASE_SECONDS": "2",
     }
     server = ServerProcess(database_url, tmp_path / "data", **env).start()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from receiver.cli import app as cli_app
+from receiver.cli.main import app as cli_app
 from tests.conftest import FIXTURES, ROOT
 
 

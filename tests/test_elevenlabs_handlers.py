@@ -26,9 +26,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, col, func, select
 
-from handlers.elevenlabs_audio import looks_like_mp3, store_audio
-from handlers.elevenlabs_call_failure import store_call_failure
-from handlers.elevenlabs_tables import (
+from handlers.elevenlabs.audio import looks_like_mp3, store_audio
+from handlers.elevenlabs.call_failure import store_call_failure
+from handlers.elevenlabs.tables import (
     CallFailure,
     Conversation,
     ConversationAudio,
@@ -37,14 +37,14 @@ from handlers.elevenlabs_tables import (
     ConversationTurn,
     WorkspaceNotice,
 )
-from handlers.elevenlabs_transcription import store_transcription
-from handlers.elevenlabs_workspace import store_workspace_notice
-from receiver.admin import requeue_delivery
+from handlers.elevenlabs.transcription import store_transcription
+from handlers.elevenlabs.workspace import store_workspace_notice
+from receiver.jobs import requeue_delivery
 from receiver.body import ReceivedBody
 from receiver.events import Event, HandlerContext
 from receiver.registry import HandlerSpec, Registry, load_registry
 from receiver.sources.elevenlabs import sign
-from receiver.sources.elevenlabs_models import VOICE_EVENT_TYPES
+from receiver.sources.elevenlabs.models import VOICE_EVENT_TYPES
 from receiver.store.models import Delivery, Job
 from receiver.store.types import utcnow
 from tests.conftest import (
@@ -76,7 +76,7 @@ def elevenlabs_registry(*extra: HandlerSpec) -> Registry:
         HandlerSpec("elevenlabs", "call_initiation_failure", store_call_failure),
         *(HandlerSpec("elevenlabs", t, store_workspace_notice) for t in sorted(VOICE_EVENT_TYPES)),
     ]
-    return Registry([*specs, *extra])
+    return Registry.of([*specs, *extra])
 
 
 REGISTRY = elevenlabs_registry()
@@ -358,7 +358,7 @@ def test_failure_after_writing_rolls_the_turns_back(
         if ctx.attempt == 1:
             raise RuntimeError("worker lost after writing")
 
-    registry = Registry([HandlerSpec("elevenlabs", "post_call_transcription", crash_first_attempt)])
+    registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", crash_first_attempt)])
     # A retry delay long enough that the first drain cannot run the retry as well.
     settings = make_settings(
         database_url, tmp_path / "data", job_retry_base_seconds=0.4, job_retry_max_seconds=0.4

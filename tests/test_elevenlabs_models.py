@@ -1,4 +1,4 @@
-"""Tests for receiver.sources.elevenlabs_models.
+"""Tests for receiver.sources.elevenlabs.models.
 
 The payloads below are the examples from the ElevenLabs webhook docs
 (/work/shared/reference/elevenlabs-webhooks.md), plus payloads shaped after the "Get conversation
@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from receiver.sources.elevenlabs_models import (
+from receiver.sources.elevenlabs.models import (
     CALL_INITIATION_FAILURE,
     EVENT_MODELS,
     POST_CALL_AUDIO,

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from receiver import inbox as inbox_module
+from receiver import jobs as jobs_module
 from receiver.inbox import IncomingDelivery, Receipt
 from receiver.registry import HandlerSpec, Registry
 from receiver.sources.base import Authenticity, Identity
@@ -32,7 +33,7 @@ async def _second(event, ctx) -> None:  # type: ignore[no-untyped-def]
     pass
 
 
-REGISTRY = Registry(
+REGISTRY = Registry.of(
     [
         HandlerSpec("elevenlabs", "post_call_transcription", _first),
         HandlerSpec("elevenlabs", "post_call_transcription", _second),
@@ -129,7 +130,7 @@ def test_batch_stores_rows_as_the_orm_reads_them_and_answers_duplicates(
 def test_batches_larger_than_one_statement_are_split(
     database_url, tmp_path, services_factory, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(inbox_module, "ROWS_PER_STATEMENT", 3)
+    monkeypatch.setattr(jobs_module, "ROWS_PER_STATEMENT", 3)
     services = services_factory(make_settings(database_url, tmp_path / "d"), REGISTRY)
     items = [incoming(str(i)) for i in range(10)]
     receipts = services.inbox._write(items, reuse=True)
@@ -145,7 +146,7 @@ def test_batches_larger_than_one_statement_are_split(
 def test_jobs_follow_handlers_registered_after_start_and_a_batch_of_old_keys_adds_none(
     database_url, tmp_path, services_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    registry = Registry([HandlerSpec("elevenlabs", "post_call_transcription", _first)])
+    registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", _first)])
     services = services_factory(make_settings(database_url, tmp_path / "d"), registry)
     inbox = services.inbox
     before = inbox._write([incoming("before")], reuse=True)[0]

@@ -20,7 +20,7 @@ async def _noop(event, ctx) -> None:  # type: ignore[no-untyped-def]
     pass
 
 
-REGISTRY = Registry([HandlerSpec("elevenlabs", "post_call_transcription", _noop)])
+REGISTRY = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", _noop)])
 
 
 def count(services, model) -> int:  # type: ignore[no-untyped-def]

@@ -21,16 +21,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from handlers import kie_dialogue
-from handlers.kie_dialogue import merge, record_dialogue_task, task_values
-from handlers.kie_tables import get_task
+from handlers.kie import dialogue as kie_dialogue
+from handlers.kie.dialogue import merge, record_dialogue_task, task_values
+from handlers.kie.tables import get_task
 from receiver.body import ReceivedBody
 from receiver.download import audio_format, sniff_audio
 from receiver.inbox import IncomingDelivery, Receipt
 from receiver.registry import HandlerSpec, Registry
 from receiver.sources.base import Authenticity
 from receiver.sources.kie import EVENT_TYPE
-from receiver.sources.kie_models import parse_callback
+from receiver.sources.kie.models import parse_callback
 from receiver.store.models import Job
 from tests.test_kie_source import (
     FAIL_ID,
@@ -43,7 +43,7 @@ from tests.test_kie_source import (
 )
 
 MP3 = (Path(__file__).resolve().parent.parent / "fixtures" / "audio" / "hello.mp3").read_bytes()
-REGISTRY = Registry([HandlerSpec("kie", EVENT_TYPE, record_dialogue_task)])
+REGISTRY = Registry.of([HandlerSpec("kie", EVENT_TYPE, record_dialogue_task)])
 jobs_table = Job.__table__
 
 

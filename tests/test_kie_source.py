@@ -23,7 +23,7 @@ from receiver.errors import AuthError
 from receiver.registry import Registry
 from receiver.settings import Settings
 from receiver.sources.kie import EVENT_TYPE, KieSource, sign_headers, task_id_of
-from receiver.sources.kie_models import parse_callback
+from receiver.sources.kie.models import parse_callback
 from receiver.store.models import Delivery
 from tests.conftest import FIXTURES, make_settings
 

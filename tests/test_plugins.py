@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.registry import load_registry
+from receiver.registry import PluginError, load_registry
 from tests.conftest import ROOT, event_body, wait_until
 from tests.serverproc import ServerProcess
 
@@ -68,11 +68,14 @@ def test_entry_point_plugin_is_called_by_a_real_receiver(
 
 
 def test_plugins_setting_imports_named_modules() -> None:
-    registry = load_registry(["tests.plugins_inline:slow_ack"], use_entry_points=False)
-    (spec,) = registry.handlers_for("elevenlabs", "plugin_probe")
-    assert spec.name == "tests.plugins_inline:slow_ack"
+    for reference in ("tests.plugins_inline", "tests.plugins_inline:blueprint"):
+        registry = load_registry([reference], use_entry_points=False)
+        (spec,) = registry.handlers_for("elevenlabs", "plugin_probe")
+        assert spec.name == "tests.plugins_inline:slow_ack"
 
 
 def test_a_missing_plugin_is_reported_by_name() -> None:
-    with pytest.raises(RuntimeError, match="cannot load handler plugin 'no_such_module:x'"):
+    with pytest.raises(PluginError, match="cannot load handler plugin 'no_such_module:x'"):
         load_registry(["no_such_module:x"], use_entry_points=False)
+    with pytest.raises(PluginError, match="is not a voicehooks Blueprint"):
+        load_registry(["tests.plugins_inline:slow_ack"], use_entry_points=False)

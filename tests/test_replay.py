@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 
 from receiver.app import create_app
 from receiver.body import ReceivedBody
-from receiver.cli import app as cli_app
+from receiver.cli.main import app as cli_app
 from receiver.registry import Registry
+from receiver.sources import load_sources
 from receiver.replay import (
     STREAM_ABOVE_BYTES,
     Replayer,
@@ -32,7 +33,7 @@ from receiver.replay import (
     export_delivery,
     infer_source,
     inspect_payload,
-    sign_elevenlabs_file,
+    sign_request,
 )
 from receiver.service import Services
 from receiver.settings import Settings
@@ -116,30 +117,35 @@ async def replay_all(settings: Settings, paths: list[Path], **options: Any) -> l
 # -- what a payload is ----------------------------------------------------------------------
 
 
+SOURCES = load_sources(Settings())
+
+
 def test_source_is_inferred_from_each_fixture_shape() -> None:
     for path in sorted((FIXTURES / "elevenlabs").glob("*.json")):
-        assert inspect_payload(path).source == "elevenlabs", path.name
+        assert inspect_payload(path, SOURCES).source == "elevenlabs", path.name
     for path in sorted((FIXTURES / "kie").glob("*.json")):
-        payload = inspect_payload(path)
+        payload = inspect_payload(path, SOURCES)
         assert (payload.source, payload.event_type) == ("kie", "task_callback"), path.name
-        assert payload.task_id, path.name
-    variant = inspect_payload(FIXTURES / "kie" / "task_id_variant.json")
-    assert variant.task_id == "c3a1e5f7b9d1c3e5a7f9b1d3e5c7a903"
-    assert infer_source({"taskId": "t1", "state": "success"}) == "kie"
-    assert infer_source({"data": {"task_id": "t1", "state": "fail"}}) == "kie"
-    assert infer_source({"hello": "world"}) is None
-    audio = inspect_payload(AUDIO)
+        assert payload.subject_id, path.name
+    variant = inspect_payload(FIXTURES / "kie" / "task_id_variant.json", SOURCES)
+    assert variant.subject_id == "c3a1e5f7b9d1c3e5a7f9b1d3e5c7a903"
+    assert infer_source({"taskId": "t1", "state": "success"}, SOURCES) == "kie"
+    assert infer_source({"data": {"task_id": "t1", "state": "fail"}}, SOURCES) == "kie"
+    assert infer_source({"hello": "world"}, SOURCES) is None
+    audio = inspect_payload(AUDIO, SOURCES)
     assert (audio.event_type, audio.chunked) == ("post_call_audio", True)
-    assert inspect_payload(TRANSCRIPTION).chunked is False
+    assert inspect_payload(TRANSCRIPTION, SOURCES).chunked is False
 
 
 def test_unknown_shapes_need_source_and_source_overrides(tmp_path: Path) -> None:
     odd = tmp_path / "odd.json"
     odd.write_text('{"hello": "world"}')
     with pytest.raises(ReplayError, match="--source"):
-        inspect_payload(odd)
-    assert inspect_payload(odd, "elevenlabs").source == "elevenlabs"
-    assert inspect_payload(TRANSCRIPTION, "kie").source == "kie"
+        inspect_payload(odd, SOURCES)
+    assert inspect_payload(odd, SOURCES, "elevenlabs").source == "elevenlabs"
+    assert inspect_payload(TRANSCRIPTION, SOURCES, "kie").source == "kie"
+    with pytest.raises(ReplayError, match="unknown source 'nope'"):
+        inspect_payload(TRANSCRIPTION, SOURCES, "nope")
 
 
 def test_collect_paths_takes_files_directories_and_globs(tmp_path: Path) -> None:
@@ -161,7 +167,10 @@ def test_collect_paths_takes_files_directories_and_globs(tmp_path: Path) -> None
 def test_streamed_signature_equals_the_provider_scheme(tmp_path: Path) -> None:
     big = big_audio_payload(tmp_path)
     expected = elevenlabs.sign(SECRET, big.read_bytes(), 1760001000)
-    assert sign_elevenlabs_file(SECRET, big, 1760001000) == expected
+    sources = load_sources(make_settings("sqlite://", tmp_path))
+    payload = inspect_payload(big, sources)
+    signed = sign_request(payload, sources, timestamp=1760001000)
+    assert signed.headers["ElevenLabs-Signature"] == expected
 
 
 # -- over HTTP, to a real uvicorn server -----------------------------------------------------
@@ -297,7 +306,7 @@ def test_export_then_replay_is_identical_and_duplicate(cli_env: Settings, tmp_pa
 def test_replay_cli_table_and_exit_status(
     cli_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from receiver.cli import console
+    from receiver.cli.output import console
 
     monkeypatch.setattr(console, "_width", 200)  # a wide terminal: one table row per file
     monkeypatch.chdir(tmp_path)

@@ -8,14 +8,15 @@ from datetime import timedelta
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
 
-from receiver import admin
+from receiver import jobs as job_store
 from receiver.events import PermanentFailure
 from receiver.inbox import IncomingDelivery
+from receiver.jobs import retry_delay
 from receiver.registry import HandlerSpec, Registry
 from receiver.sources.base import Authenticity, Identity
 from receiver.store.models import Job
 from receiver.store.types import utcnow
-from receiver.worker import Worker, retry_delay
+from receiver.worker import Worker
 from tests.conftest import event_body, make_settings, wait_until
 
 jobs = Job.__table__
@@ -72,7 +73,7 @@ def test_failing_handler_retries_with_backoff_then_goes_dead(
         job_retry_max_seconds=1,
     )
     services = services_factory(
-        settings, Registry([HandlerSpec("elevenlabs", "post_call_transcription", flaky)])
+        settings, Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", flaky)])
     )
     store(services)
     drain(services)
@@ -103,7 +104,7 @@ def test_permanent_failure_skips_retries(database_url, tmp_path, services_factor
 
     settings = make_settings(database_url, tmp_path / "d")
     services = services_factory(
-        settings, Registry([HandlerSpec("elevenlabs", "post_call_transcription", bad)])
+        settings, Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", bad)])
     )
     store(services)
     drain(services)
@@ -128,7 +129,7 @@ def test_handler_writes_commit_with_completion_and_roll_back_on_error(
     settings = make_settings(database_url, tmp_path / "d", job_retry_base_seconds=60)
     services = services_factory(
         settings,
-        Registry([HandlerSpec("elevenlabs", "post_call_transcription", writes_then_maybe_fails)]),
+        Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", writes_then_maybe_fails)]),
     )
     side_effects.create(services.engine)
     store(services)
@@ -155,7 +156,7 @@ def test_expired_lease_is_claimed_again_and_stale_worker_cannot_complete(
 
     settings = make_settings(database_url, tmp_path / "d")
     services = services_factory(
-        settings, Registry([HandlerSpec("elevenlabs", "post_call_transcription", record)])
+        settings, Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", record)])
     )
     store(services)
     crashed = services.worker.claim()  # a worker claims the job ... and dies
@@ -191,7 +192,7 @@ def test_worker_wakes_promptly_when_a_job_is_inserted(
     # A 30 s poll interval: only the wake-up signal can make this prompt.
     settings = make_settings(database_url, tmp_path / "d", worker_poll_seconds=30)
     services = services_factory(
-        settings, Registry([HandlerSpec("elevenlabs", "post_call_transcription", record)])
+        settings, Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", record)])
     )
     services.worker.start_in_thread()
     try:
@@ -216,7 +217,7 @@ def test_worker_in_another_process_is_woken_by_the_receivers_commit(
     def record(event, ctx) -> None:  # type: ignore[no-untyped-def]
         done_at.append(time.monotonic())
 
-    registry = Registry([HandlerSpec("elevenlabs", "post_call_transcription", record)])
+    registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", record)])
     # Two sets of services on one database, as two processes would have; only the worker's
     # runs a worker, polling every 30 s, so only a wake-up can make it prompt.
     settings = make_settings(database_url, tmp_path / "d", worker_poll_seconds=30)
@@ -249,21 +250,21 @@ def test_retry_requeues_dead_jobs_and_adds_newly_installed_handlers(
 
     settings = make_settings(database_url, tmp_path / "d")
     services = services_factory(
-        settings, Registry([HandlerSpec("elevenlabs", "post_call_transcription", broken)])
+        settings, Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", broken)])
     )
     (delivery_id,) = store(services)
     drain(services)
     assert job_rows(services)[0].status == "dead"
-    assert admin.requeue_dead(services.engine) == 1
+    assert job_store.requeue_dead(services.engine) == 1
     assert job_rows(services)[0].status == "pending" and job_rows(services)[0].attempts == 0
     drain(services)
-    later = Registry(
+    later = Registry.of(
         [
             HandlerSpec("elevenlabs", "post_call_transcription", broken),
             HandlerSpec("elevenlabs", "post_call_transcription", fixed),
         ]
     )
-    assert admin.requeue_delivery(services.engine, later, delivery_id) == 2
+    assert job_store.requeue_delivery(services.engine, later, delivery_id) == 2
     assert [row.handler.rsplit(":", 1)[1] for row in job_rows(services)] == [
         "test_retry_requeues_dead_jobs_and_adds_newly_installed_handlers.<locals>.broken",
         "test_retry_requeues_dead_jobs_and_adds_newly_installed_handlers.<locals>.fixed",
@@ -279,7 +280,7 @@ def test_job_for_uninstalled_handler_fails_with_a_clear_message(
         pass
 
     settings = make_settings(database_url, tmp_path / "d", job_max_attempts=1)
-    installed = Registry([HandlerSpec("elevenlabs", "post_call_transcription", gone)])
+    installed = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", gone)])
     services = services_factory(settings, installed)
     store(services)
     services.worker.registry = Registry()  # the plugin was removed before the job ran
@@ -308,7 +309,7 @@ def test_sync_and_async_handlers_of_one_event_do_not_deadlock(
     settings = make_settings(database_url, tmp_path / "d", worker_concurrency=2)
     services = services_factory(
         settings,
-        Registry(
+        Registry.of(
             [
                 HandlerSpec("elevenlabs", "post_call_transcription", sync_writer),
                 HandlerSpec("elevenlabs", "post_call_transcription", async_writer),

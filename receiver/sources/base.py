@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import orjson
@@ -36,6 +36,37 @@ class Identity:
     parse_error: str | None = None
 
 
+JsonPath = tuple[str, ...]
+# Opens the body afresh each call and yields it in chunks: a big file is never held whole.
+BodyChunks = Callable[[], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class Described:
+    """What replay and ``sign`` need to know of a payload, as its source reads its shape."""
+
+    event_type: str | None
+    subject_id: str | None = None
+    label: str = "-"
+    # Sent as the provider sends it: ``Transfer-Encoding: chunked`` (ElevenLabs' audio).
+    chunked: bool = False
+
+
+@dataclass(frozen=True)
+class Signed:
+    """Everything that authenticates one request, as the provider itself would send it."""
+
+    headers: dict[str, str]
+    params: dict[str, str] = field(default_factory=dict)
+    auth: str = "hmac"
+    # Seconds the receiver accepts this for (None: a URL token never expires).
+    valid_for: int | None = None
+
+
+class SigningError(Exception):
+    """A payload that cannot be signed with what is configured; says what to set."""
+
+
 class Verifier(ABC):
     """Per-request authentication state, fed the body as it arrives."""
 
@@ -48,7 +79,15 @@ class Verifier(ABC):
 
 
 class Source(ABC):
+    """One sender. The receiving half (``begin``, ``identify``, ``parse``) is what ingest and the
+    workers use; the sending half (``shape_fields``, ``recognises``, ``describe``, ``sign``) is
+    what replay, ``voicehooks sign``, the demo and the tests use to produce exactly what the
+    provider would send, so none of them branches on a provider's name."""
+
     name: ClassVar[str]
+    # The JSON paths ``recognises``/``describe`` look at: replay reads only these from a big
+    # file (with the streaming scanner), so a 300 MB audio body is never parsed whole.
+    shape_fields: ClassVar[tuple[JsonPath, ...]] = ()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -72,6 +111,22 @@ class Source(ABC):
     @abstractmethod
     def parse(self, event_type: str | None, body: ReceivedBody) -> Any:
         """The typed payload handed to handlers (may raise on a body handlers cannot use)."""
+
+    def recognises(self, document: Mapping[str, Any]) -> bool:
+        """Whether a payload of this shape is one of this source's (replay's inference)."""
+        return False
+
+    def describe(self, document: Mapping[str, Any]) -> Described:
+        """Event type, subject and how to send a payload of this source."""
+        event_type = document.get("type")
+        return Described(event_type if isinstance(event_type, str) else None)
+
+    def sign(
+        self, chunks: BodyChunks, described: Described, *, timestamp: int | None = None
+    ) -> Signed:
+        """Headers (and query parameters) the provider would send with this body, made with
+        the first configured secret; ``SigningError`` says what to configure."""
+        raise SigningError(f"the {self.name} source cannot sign payloads")
 
 
 def load_small_json(body: ReceivedBody) -> tuple[Any, str | None]:

@@ -2,10 +2,12 @@
 
 import os
 
-from receiver.registry import handler
+from receiver.registry import Blueprint
+
+blueprint = Blueprint("vh_test_plugin")
 
 
-@handler("elevenlabs", "post_call_transcription")
+@blueprint.handler("elevenlabs", "post_call_transcription")
 def record_delivery(event, ctx) -> None:  # type: ignore[no-untyped-def]
     with open(os.environ["VH_PLUGIN_MARKER"], "a") as marker:
         marker.write(f"{event.delivery_id} {event.subject_id} {event.payload.data.agent_id}\n")

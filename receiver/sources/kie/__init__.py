@@ -26,8 +26,18 @@ from typing import Any
 from receiver import jsonstream
 from receiver.body import ReceivedBody
 from receiver.errors import AuthError
-from receiver.sources.base import Authenticity, Identity, Source, Verifier, load_small_json
-from receiver.sources.kie_models import KieCallback, parse_callback, task_id_of
+from receiver.sources.base import (
+    Authenticity,
+    BodyChunks,
+    Described,
+    Identity,
+    Signed,
+    SigningError,
+    Source,
+    Verifier,
+    load_small_json,
+)
+from receiver.sources.kie.models import KieCallback, parse_callback, task_id_of
 
 TIMESTAMP_HEADER = "x-webhook-timestamp"
 SIGNATURE_HEADER = "x-webhook-signature"
@@ -96,6 +106,14 @@ class _HmacVerifier(Verifier):
 
 class KieSource(Source):
     name = "kie"
+    shape_fields = (
+        ("code",),
+        ("msg",),
+        ("taskId",),
+        ("data", "taskId"),
+        ("data", "task_id"),
+        ("data", "state"),
+    )
 
     def _keys(self) -> list[bytes]:
         return [k.get_secret_value().encode() for k in self.settings.kie_hmac_keys]
@@ -176,6 +194,45 @@ class KieSource(Source):
         state = (fields.get("state") or "unknown")[:32]
         # kie.ai may call back several times per task (and per state): same bytes are one event.
         return Identity(EVENT_TYPE, f"{task_id}:{state}:{body.sha256}", task_id)
+
+    def recognises(self, document: Mapping[str, Any]) -> bool:
+        """A callback is the recordInfo answer ``{"code", "msg", "data": {"taskId", "state"}}``
+        (some pages put the id at the top level or in ``data.task_id``)."""
+        data = document.get("data")
+        return bool(
+            "taskId" in document
+            or ("code" in document and "msg" in document)
+            or task_id_of(dict(document))
+            or (isinstance(data, dict) and "state" in data)
+        )
+
+    def describe(self, document: Mapping[str, Any]) -> Described:
+        data = document.get("data")
+        state = data.get("state") if isinstance(data, dict) else None
+        task_id = task_id_of(dict(document))
+        label = EVENT_TYPE if task_id else "(no taskId)"
+        if isinstance(state, str):
+            label += f" ({state})"
+        return Described(EVENT_TYPE, task_id, label)
+
+    def sign(
+        self, chunks: BodyChunks, described: Described, *, timestamp: int | None = None
+    ) -> Signed:
+        """HMAC headers over the task id when a key is configured, else the URL token."""
+        keys, token = self._keys(), self._token()
+        if keys and described.subject_id:
+            headers = sign_headers(keys[0].decode(), described.subject_id, timestamp)
+            return Signed(headers, valid_for=self.settings.kie_tolerance_seconds)
+        if token is not None:
+            return Signed({}, {TOKEN_PARAM: token.decode()}, auth="url_token")
+        if keys:
+            raise SigningError(
+                "no taskId (data.taskId, taskId or data.task_id), so it cannot "
+                "be HMAC-signed; set VOICEHOOKS_KIE_URL_TOKEN to send it with the URL token"
+            )
+        raise SigningError(
+            "no kie.ai key configured: set VOICEHOOKS_KIE_HMAC_KEYS or VOICEHOOKS_KIE_URL_TOKEN"
+        )
 
     def parse(self, event_type: str | None, body: ReceivedBody) -> KieCallback:
         with body.open() as fh:

@@ -14,7 +14,7 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from receiver import jsonstream
@@ -22,7 +22,11 @@ from receiver.body import ReceivedBody
 from receiver.errors import AuthError
 from receiver.sources.base import (
     Authenticity,
+    BodyChunks,
+    Described,
     Identity,
+    Signed,
+    SigningError,
     Source,
     Verifier,
     load_small_json,
@@ -34,10 +38,12 @@ _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 _ID_FIELDS = [("type",), ("event_timestamp",), ("data", "conversation_id")]
 
 
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The header value ElevenLabs would send for ``body`` (used by replay, sign and tests)."""
+def sign(secret: str, body: bytes | Iterable[bytes], timestamp: int | None = None) -> str:
+    """The header value ElevenLabs would send for ``body`` (bytes, or chunks of a big file)."""
     ts = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256)
+    mac = hmac.new(secret.encode(), f"{ts}.".encode(), hashlib.sha256)
+    for chunk in [body] if isinstance(body, bytes) else body:
+        mac.update(chunk)
     return f"t={ts},v0={mac.hexdigest()}"
 
 
@@ -85,6 +91,14 @@ class _HmacVerifier(Verifier):
 
 class ElevenLabsSource(Source):
     name = "elevenlabs"
+    shape_fields = (
+        ("type",),
+        ("event_timestamp",),
+        ("data", "conversation_id"),
+        ("code",),
+        ("msg",),
+        ("taskId",),
+    )
 
     def configured(self) -> bool:
         return bool(self.settings.elevenlabs_secrets)
@@ -134,8 +148,41 @@ class ElevenLabsSource(Source):
             key = f"sha256:{body.sha256}"
         return Identity(event_type, key, conversation_id, error)
 
+    def recognises(self, document: Mapping[str, Any]) -> bool:
+        """Every ElevenLabs event is ``{"type", "event_timestamp", "data": {...}}``; a kie.ai
+        callback (``code``/``msg``, a ``taskId``) is not one even if it has a ``type``."""
+        if "taskId" in document or ("code" in document and "msg" in document):
+            return False
+        return isinstance(document.get("type"), str) and isinstance(document.get("data"), dict)
+
+    def describe(self, document: Mapping[str, Any]) -> Described:
+        event_type = document.get("type")
+        event_type = event_type if isinstance(event_type, str) else None
+        data = document.get("data")
+        subject = data.get("conversation_id") if isinstance(data, dict) else None
+        return Described(
+            event_type,
+            subject if isinstance(subject, str) else None,
+            label=event_type or "-",
+            chunked=event_type == AUDIO_EVENT,  # ElevenLabs streams its audio webhooks
+        )
+
+    def sign(
+        self, chunks: BodyChunks, described: Described, *, timestamp: int | None = None
+    ) -> Signed:
+        if not self.settings.elevenlabs_secrets:
+            raise SigningError(
+                "no ElevenLabs secret configured: set VOICEHOOKS_ELEVENLABS_SECRETS to the "
+                "receiver's secret"
+            )
+        secret = self.settings.elevenlabs_secrets[0].get_secret_value()
+        return Signed(
+            {"ElevenLabs-Signature": sign(secret, chunks(), timestamp)},
+            valid_for=self.settings.elevenlabs_tolerance_seconds,
+        )
+
     def parse(self, event_type: str | None, body: ReceivedBody) -> Any:
-        from receiver.sources import elevenlabs_models as models
+        from receiver.sources.elevenlabs import models
 
         if body.spooled and event_type == AUDIO_EVENT:
             # The audio itself is streamed by the handler straight from the body; the model

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from sqlmodel import select
 
-from handlers.elevenlabs_tables import SOURCE, CallFailure, dump, typed_payload
+from handlers.elevenlabs.tables import CallFailure, dump, typed_payload
 from receiver.events import Event, HandlerContext
-from receiver.registry import handler
-from receiver.sources.elevenlabs_models import CALL_INITIATION_FAILURE, CallInitiationFailure
+from receiver.sources.elevenlabs.models import CallInitiationFailure
 
 
-@handler(SOURCE, CALL_INITIATION_FAILURE)
 def store_call_failure(event: Event, ctx: HandlerContext) -> None:
     """Insert the failure once per delivery."""
     payload = typed_payload(event, CallInitiationFailure)

@@ -1,9 +1,8 @@
-"""``voicehooks replay``, ``sign``, ``deliveries export`` and ``demo``.
+"""``voicehooks replay``, ``sign`` and ``demo``.
 
 The commands a newcomer and a handler author use: send payload files to a receiver signed as the
-provider would, print a signed request to send by hand, turn a stored delivery back into a
-fixture, and watch a throwaway receiver process every bundled fixture. ``receiver.cli`` imports
-this module (one line) and the commands register themselves on its typer apps.
+provider would, print a signed request to send by hand, and watch a throwaway receiver process
+every bundled fixture.
 """
 
 from __future__ import annotations
@@ -20,16 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from receiver.cli import (
-    JsonFlag,
-    app,
-    console,
-    deliveries_app,
-    err_console,
-    fail,
-    load_services,
-    print_json,
-)
+from receiver.cli.output import JsonFlag, console, err_console, fail, print_json
 from receiver.logging import configure as configure_logging
 from receiver.replay import (
     DEFAULT_URL,
@@ -37,23 +27,25 @@ from receiver.replay import (
     ReplayError,
     ReplayResult,
     collect_paths,
-    export_delivery,
-    export_to_file,
     inspect_payload,
     sign_request,
 )
 from receiver.settings import Settings
+from receiver.sources import load_sources, source_classes
 
-SOURCES = ("elevenlabs", "kie")
 SourceOption = Annotated[
     str | None,
-    typer.Option(help="elevenlabs or kie (default: inferred from each payload's shape)."),
+    typer.Option(
+        help="A source name, such as elevenlabs or kie (default: inferred from each "
+        "payload's shape)."
+    ),
 ]
 
 
 def _check_source(source: str | None) -> None:
-    if source is not None and source not in SOURCES:
-        raise fail(f"unknown source {source!r}; use one of: {', '.join(SOURCES)}", code=2)
+    known = source_classes()
+    if source is not None and source not in known:
+        raise fail(f"unknown source {source!r}; use one of: {', '.join(sorted(known))}", code=2)
 
 
 def _quiet_logging(settings: Settings) -> None:
@@ -178,7 +170,6 @@ def summary_line(results: list[ReplayResult]) -> str:
     return line
 
 
-@app.command()
 def replay(
     paths: Annotated[
         list[str], typer.Argument(help="Payload files, directories (*.json inside) or globs.")
@@ -237,7 +228,6 @@ def replay(
         raise typer.Exit(1)
 
 
-@app.command()
 def sign(
     path: Annotated[Path, typer.Argument(help="The payload file to sign.")],
     source: SourceOption = None,
@@ -252,8 +242,9 @@ def sign(
     _check_source(source)
     settings = Settings()
     try:
-        payload = inspect_payload(path, source)
-        signed = sign_request(payload, settings)
+        sources = load_sources(settings)
+        payload = inspect_payload(path, sources, source)
+        signed = sign_request(payload, sources)
     except ReplayError as exc:
         raise fail(f"{path}: {exc}") from exc
     target = url.rstrip("/") + signed.path
@@ -293,32 +284,6 @@ def sign(
     out.write(command + "\n")
 
 
-@deliveries_app.command("export")
-def deliveries_export(
-    delivery_id: Annotated[int, typer.Argument(help="The delivery to export.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="File to write ('-' for stdout).")],
-) -> None:
-    """Write a delivery's body byte for byte (no headers, no secrets): a replayable fixture."""
-    services = load_services()
-    try:
-        if str(output) == "-":
-            info = export_delivery(services.engine, services.blobs, delivery_id, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
-        else:
-            info = export_to_file(services.engine, services.blobs, delivery_id, output)
-    except (LookupError, ValueError, OSError) as exc:
-        raise fail(str(exc)) from exc
-    finally:
-        services.close()
-    where = "stdout" if str(output) == "-" else str(output)
-    err_console.print(
-        f"delivery {delivery_id} ({info['source']} {info['event_type'] or '-'}): "
-        f"{info['size']:,} bytes, sha256 {info['sha256']} -> {where}",
-        highlight=False,
-    )
-
-
-@app.command()
 def demo(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the handlers to finish.")

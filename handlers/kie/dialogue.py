@@ -8,7 +8,7 @@ may only fill descriptive fields the row is missing. A callback in the row's own
 whatever is still missing, which is how a second ``success`` brings audio the first one lacked.
 
 On ``success`` the result URLs are downloaded at once (kie.ai says they expire within about a day),
-before anything is written through ``ctx.session``, so the SQLite write lock is never held across
+before anything is written through ``ctx.write``, so the SQLite write lock is never held across
 the network. A URL that has expired or does not serve audio ends the job as dead with a message
 saying so; what is known of the task is still recorded, with the reason in ``audio_error``.
 """
@@ -20,13 +20,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 import structlog
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from handlers.kie_tables import dialogue_tasks
+from handlers.kie.tables import dialogue_tasks
 from receiver.download import (
     DownloadedFile,
     DownloadGone,
@@ -36,9 +35,7 @@ from receiver.download import (
     download_audio,
 )
 from receiver.events import Event, HandlerContext, PermanentFailure
-from receiver.registry import handler
-from receiver.sources.kie import EVENT_TYPE
-from receiver.sources.kie_models import KieCallback
+from receiver.sources.kie.models import KieCallback
 from receiver.store.types import utcnow
 
 log = structlog.get_logger(__name__)
@@ -211,24 +208,14 @@ def apply(conn: Connection, incoming: dict[str, Any]) -> str:
     return "advanced" if "state" in changes else "filled"
 
 
-def _load(engine: Engine, task_id: str) -> dict[str, Any] | None:
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(dialogue_tasks).where(dialogue_tasks.c.task_id == task_id)
-        ).first()
+def _load(conn: Connection, task_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(dialogue_tasks).where(dialogue_tasks.c.task_id == task_id)).first()
     return row._asdict() if row is not None else None
 
 
 def _apply_in_session(session: Session, incoming: dict[str, Any]) -> str:
-    """In the job's session: committed together with the job being marked done."""
+    """In the job's transaction: committed together with the job's end, under its lease."""
     return apply(session.connection(), incoming)
-
-
-def _apply_alone(engine: Engine, incoming: dict[str, Any]) -> None:
-    """Record the task in a transaction of its own: the job is about to go dead."""
-    with Session(engine) as session:
-        apply(session.connection(), incoming)
-        session.commit()
 
 
 def refusal_message(task_id: str, exc: DownloadRefused) -> str:
@@ -268,7 +255,6 @@ def _raw_record(event: Event) -> Any:
     return data
 
 
-@handler("kie", EVENT_TYPE)
 async def record_dialogue_task(event: Event, ctx: HandlerContext) -> None:
     """Record the task's state and, on success, its audio."""
     try:
@@ -283,18 +269,19 @@ async def record_dialogue_task(event: Event, ctx: HandlerContext) -> None:
         log.info("kie_task_skipped", task_id=task_id, model=callback.data.model)
         return
     incoming = task_values(callback, task_id, raw_record, event.delivery_id)
-    engine = ctx.session.get_bind()
-    current = await anyio.to_thread.run_sync(_load, engine, task_id)
+    # A look outside the job's transaction: the download below must not hold SQLite's lock.
+    current = await ctx.read(_load, task_id)
     if wants_audio(current, callback):
         try:
             files = await _download_all(ctx, callback.data.result_urls)
         except DownloadRefused as exc:
             message = refusal_message(task_id, exc)
             incoming["audio_error"] = message
-            await anyio.to_thread.run_sync(_apply_alone, engine, incoming)
-            raise PermanentFailure(message) from exc
+            # What the callback said is kept, committed with the job's death.
+            await ctx.write(_apply_in_session, incoming)
+            raise PermanentFailure(message, keep_writes=True) from exc
         incoming |= audio_values(files)
-    outcome = await anyio.to_thread.run_sync(_apply_in_session, ctx.session, incoming)
+    outcome = await ctx.write(_apply_in_session, incoming)
     log.info(
         "kie_task_recorded",
         task_id=task_id,

@@ -1,7 +1,7 @@
 """The ``dialogue_tasks`` table: one row per kie.ai text-to-dialogue task, and reads of it.
 
 A row is the task as best known: the latest state (states only move forward, see
-``handlers.kie_dialogue``), the request it was made from (dialogue turns and settings, parsed
+``handlers.kie.dialogue``), the request it was made from (dialogue turns and settings, parsed
 from ``param``), its result or failure, and the downloaded audio. The schema is created by the
 Alembic branch ``kie_handlers`` (``handlers/migrations/0001_kie.py``), which mirrors this class.
 """

@@ -10,20 +10,13 @@ from __future__ import annotations
 
 from sqlmodel import select
 
-from handlers.elevenlabs_tables import SOURCE, WorkspaceNotice, dump, typed_payload
+from handlers.elevenlabs.tables import WorkspaceNotice, dump, typed_payload
 from receiver.events import Event, HandlerContext
-from receiver.registry import handler
-from receiver.sources.elevenlabs_models import (
-    VOICE_REMOVAL_NOTICE,
-    VOICE_REMOVAL_NOTICE_WITHDRAWN,
-    VOICE_REMOVED,
+from receiver.sources.elevenlabs.models import (
     WebhookEnvelope,
 )
 
 
-@handler(SOURCE, VOICE_REMOVAL_NOTICE)
-@handler(SOURCE, VOICE_REMOVAL_NOTICE_WITHDRAWN)
-@handler(SOURCE, VOICE_REMOVED)
 def store_workspace_notice(event: Event, ctx: HandlerContext) -> None:
     """Insert the notice once per delivery."""
     payload = typed_payload(event, WebhookEnvelope)

@@ -1,8 +1,7 @@
 """``voicehooks conversations list|show``: the ElevenLabs conversations the handlers stored.
 
 The queries return plain dicts that ``--json`` prints as they are and the rich views render, so
-scripts and people see the same facts. ``receiver.cli`` is imported inside the commands because
-it registers this module's app at its own import time (a top-level import would be circular).
+scripts and people see the same facts.
 Transcript text is rendered as ``Text`` objects, never as markup: a caller saying "[bold]" must
 not restyle (or break) the output.
 """
@@ -22,20 +21,20 @@ from rich.text import Text
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from handlers.elevenlabs_tables import (
+from handlers.elevenlabs.tables import (
     Conversation,
     ConversationAudio,
     ConversationDataCollection,
     ConversationEvaluation,
     ConversationTurn,
 )
+from receiver.cli.output import JsonFlag
 from receiver.store.blobs import BlobStore
 
 conversations_app = typer.Typer(
     help="ElevenLabs conversations: metadata, analysis, transcript and stored audio.",
     no_args_is_help=True,
 )
-JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ROLE_STYLES = {"agent": "bold cyan", "user": "bold green"}
 RESULT_STYLES = {"success": "green", "failure": "red", "unknown": "yellow"}
 
@@ -317,7 +316,8 @@ def conversations_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List conversations, newest first, with their outcome and whether audio is stored."""
-    from receiver.cli import console, load_services, print_json
+    from receiver.cli.output import console, print_json
+    from receiver.cli.store import load_services
 
     services = load_services()
     try:
@@ -333,7 +333,8 @@ def conversations_list(
 @conversations_app.command("show")
 def conversations_show(conversation_id: str, as_json: JsonFlag = False) -> None:
     """Show one conversation: metadata, summary, analysis, transcript, where its audio is."""
-    from receiver.cli import console, fail, load_services, print_json
+    from receiver.cli.output import console, fail, print_json
+    from receiver.cli.store import load_services
 
     services = load_services()
     try:

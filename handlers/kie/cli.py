@@ -1,7 +1,7 @@
 """``voicehooks tasks list|show``: the kie.ai dialogue tasks the receiver has recorded.
 
-The helpers of ``receiver.cli`` are imported inside the commands: ``receiver.cli`` imports this
-module to register it, so a top-level import would be circular.
+Registered as a ``voicehooks`` command group through the entry-point group
+``voicehooks.commands`` (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from typing import Annotated, Any
 
 import typer
 
+from receiver.cli.output import JsonFlag
+
 tasks_app = typer.Typer(
     help="Look at kie.ai dialogue tasks: state, dialogue, result URLs, audio.",
     no_args_is_help=True,
 )
-JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _turns(task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -33,8 +34,9 @@ def tasks_list(
     from rich.markup import escape
     from rich.table import Table
 
-    from handlers.kie_tables import list_tasks
-    from receiver.cli import console, load_services, print_json
+    from handlers.kie.tables import list_tasks
+    from receiver.cli.output import console, print_json
+    from receiver.cli.store import load_services
 
     services = load_services()
     try:
@@ -63,8 +65,9 @@ def tasks_show(task_id: str, as_json: JsonFlag = False) -> None:
     """Show one task: state, dialogue turns, result URLs, failure and the stored audio."""
     from rich.markup import escape
 
-    from handlers.kie_tables import get_task
-    from receiver.cli import console, fail, load_services, print_json
+    from handlers.kie.tables import get_task
+    from receiver.cli.output import console, fail, print_json
+    from receiver.cli.store import load_services
 
     services = load_services()
     try:

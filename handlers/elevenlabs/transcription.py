@@ -22,8 +22,7 @@ from datetime import datetime
 import structlog
 from sqlmodel import Session, col, delete, select
 
-from handlers.elevenlabs_tables import (
-    SOURCE,
+from handlers.elevenlabs.tables import (
     Conversation,
     ConversationDataCollection,
     ConversationEvaluation,
@@ -33,9 +32,7 @@ from handlers.elevenlabs_tables import (
     typed_payload,
 )
 from receiver.events import Event, HandlerContext
-from receiver.registry import handler
-from receiver.sources.elevenlabs_models import (
-    POST_CALL_TRANSCRIPTION,
+from receiver.sources.elevenlabs.models import (
     ConversationData,
     PostCallTranscription,
 )
@@ -44,7 +41,6 @@ from receiver.store.types import utcnow
 log = structlog.get_logger(__name__)
 
 
-@handler(SOURCE, POST_CALL_TRANSCRIPTION)
 def store_transcription(event: Event, ctx: HandlerContext) -> None:
     """Upsert the conversation and replace its turns and analysis rows."""
     payload = typed_payload(event, PostCallTranscription)

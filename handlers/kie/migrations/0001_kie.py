@@ -1,4 +1,4 @@
-"""kie.ai dialogue tasks (``handlers.kie_tables.DialogueTask``).
+"""kie.ai dialogue tasks (``handlers.kie.tables.DialogueTask``).
 
 Revision ID: kie_0001
 """

@@ -19,16 +19,14 @@ from typing import BinaryIO, cast
 import structlog
 from sqlmodel import Session
 
-from handlers.elevenlabs_tables import (
-    SOURCE,
+from handlers.elevenlabs.tables import (
     Conversation,
     ConversationAudio,
     typed_payload,
 )
 from receiver.events import Event, HandlerContext, PermanentFailure
 from receiver.jsonstream import Base64DecodeError, JSONStreamError, decode_base64_string
-from receiver.registry import handler
-from receiver.sources.elevenlabs_models import POST_CALL_AUDIO, PostCallAudio
+from receiver.sources.elevenlabs.models import PostCallAudio
 from receiver.store.blobs import BlobStore
 from receiver.store.types import utcnow
 
@@ -47,7 +45,6 @@ def describe_head(head: bytes) -> str:
     return head[:8].hex(" ") if head else "nothing"
 
 
-@handler(SOURCE, POST_CALL_AUDIO)
 def store_audio(event: Event, ctx: HandlerContext) -> None:
     """Decode ``data.full_audio`` into the blob store, then link it to the conversation."""
     payload = typed_payload(event, PostCallAudio)

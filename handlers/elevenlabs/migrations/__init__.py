@@ -1,0 +1,1 @@
+"""Alembic versions for the ElevenLabs handlers' tables (the branch ``elevenlabs_handlers``)."""

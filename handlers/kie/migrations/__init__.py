@@ -1,0 +1,1 @@
+"""Alembic versions for the kie.ai handlers' tables (the branch ``kie_handlers``)."""

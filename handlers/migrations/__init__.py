@@ -1,1 +1,0 @@
-"""Alembic versions for the built-in handlers' tables (one branch per handler family)."""

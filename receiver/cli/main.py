@@ -1,0 +1,62 @@
+"""The ``voicehooks`` command (also ``python -m receiver``): every command, listed once.
+
+The core's commands are listed here explicitly. Plugins add theirs (the built-in handlers add
+``conversations`` and ``tasks``) through the entry-point group ``voicehooks.commands``, each
+naming a typer app, so nothing here knows a plugin.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import typer
+
+from receiver.cli import deliveries, replay, server
+from receiver.cli.output import fail
+from receiver.settings import Settings
+
+COMMANDS_GROUP = "voicehooks.commands"
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        help="Durable webhook receiver for ElevenLabs and kie.ai.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+    )
+    app.command()(server.serve)
+    app.command()(server.worker)
+    app.command()(server.migrate)
+    app.command()(replay.replay)
+    app.command()(replay.sign)
+    app.command()(replay.demo)
+    app.add_typer(deliveries.app, name="deliveries")
+    for ep in entry_points(group=COMMANDS_GROUP):
+        try:
+            commands = ep.load()
+        except Exception as exc:
+            raise SystemExit(
+                f"error: cannot load the commands {ep.name!r} ({ep.value}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        app.add_typer(commands, name=ep.name)
+    return app
+
+
+app = build_app()
+
+
+def main() -> None:
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        # A setting from the environment that does not validate: name it, without a traceback
+        # (and without its value, which may be a secret).
+        for error in exc.errors():
+            name = "VOICEHOOKS_" + "_".join(str(part) for part in error["loc"]).upper()
+            fail(f"invalid setting {name}: {error['msg']}")
+        raise SystemExit(2) from None

@@ -1,0 +1,58 @@
+"""``voicehooks serve``, ``worker`` and ``migrate``: the long-running processes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from receiver.cli.output import console
+from receiver.cli.store import load_services
+from receiver.gc_tuning import freeze_startup_objects
+from receiver.logging import configure as configure_logging
+from receiver.settings import Settings
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Receive only; run `voicehooks worker` apart.")
+    ] = False,
+) -> None:
+    """Run the receiver (with in-process workers unless --no-worker)."""
+    import uvicorn
+
+    from receiver.app import create_app, server_options
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    console.print(
+        f"voicehooks listening on http://{host}:{port}  (store: {settings.database_url})",
+        highlight=False,
+    )
+    app_ = create_app(settings, run_worker=not no_worker)
+    freeze_startup_objects()
+    uvicorn.run(app_, host=host, port=port, **server_options(settings))
+
+
+def worker() -> None:
+    """Run workers only (scale out: several `worker` processes on one Postgres)."""
+    import asyncio
+
+    services = load_services()
+    freeze_startup_objects()
+    console.print("voicehooks worker running; Ctrl-C to stop", highlight=False)
+    try:
+        asyncio.run(services.worker.run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        services.close()
+
+
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    services = load_services(migrate=False)
+    services.migrate()
+    console.print("database is up to date", highlight=False)

@@ -1,0 +1,678 @@
+"""The one owner of the inbox tables: every statement on deliveries and jobs, and every move of
+a job between its states.
+
+    (inbox) -> pending -> running -> done
+                 ^          |  \
+                 |  retry   |   -> dead  (PermanentFailure, or out of attempts)
+                 +----------+       |
+                 +------ requeue ---+ (operator: deliveries retry)
+
+A job is created ``pending`` with its delivery, in one statement (``BatchWrites``). A worker
+``claim``s a due job (pending and due, or running with an expired lease) and holds it under a
+lease token; ``complete`` and ``fail`` only act while that token is still the job's, so a worker
+that stalled and lost its lease cannot overwrite the work of the one that took over. Operators
+``requeue_delivery`` and ``requeue_dead``. The inbox, the worker, the admin commands, the demo and
+the pages call these functions; nothing else writes these tables, as procrastinate keeps all its
+job SQL in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Column, Engine, Table, and_, func, insert, or_, select, update
+from sqlmodel import Session
+
+from receiver.registry import Registry
+from receiver.sources.base import Authenticity, Identity
+from receiver.store.db import writer
+from receiver.store.models import Delivery, Job, JobStatus
+from receiver.store.types import utcnow
+
+deliveries_table: Table = Delivery.__table__  # type: ignore[attr-defined]  # SQLModel adds it
+jobs_table: Table = Job.__table__  # type: ignore[attr-defined]  # SQLModel adds it
+MAX_ERROR_CHARS = 4000
+_T = TypeVar("_T")
+
+
+# -- creating: a delivery and its pending jobs, a batch at a time ------------------------------
+
+
+@dataclass
+class IncomingDelivery:
+    source: str
+    identity: Identity
+    auth: Authenticity
+    sha256: str
+    size: int
+    body: bytes | None = None
+    blob_path: str | None = None
+    content_type: str | None = None
+    received_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source, self.identity.dedupe_key)
+
+    def row(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "event_type": self.identity.event_type,
+            "dedupe_key": self.identity.dedupe_key,
+            "subject_id": self.identity.subject_id,
+            "sha256": self.sha256,
+            "size": self.size,
+            "body": self.body,
+            "blob_path": self.blob_path,
+            "content_type": self.content_type,
+            "auth_method": self.auth.method,
+            "auth_key_index": self.auth.key_index,
+            "parse_error": self.identity.parse_error,
+            "received_at": self.received_at,
+        }
+
+
+@dataclass(frozen=True)
+class Receipt:
+    delivery_id: int
+    duplicate: bool
+    jobs: int
+
+
+# The columns the inbox writes, in statement order.
+DELIVERY_COLUMNS = (
+    "source",
+    "event_type",
+    "dedupe_key",
+    "subject_id",
+    "sha256",
+    "size",
+    "body",
+    "blob_path",
+    "content_type",
+    "auth_method",
+    "auth_key_index",
+    "parse_error",
+    "received_at",
+)
+JOB_COLUMNS = ("delivery_id", "handler", "status", "attempts", "run_at", "created_at")
+# Rows per multi-row statement on SQLite: keeps its parameters (13 per delivery) well under
+# SQLite's limit of 32766 whatever VOICEHOOKS_INBOX_MAX_BATCH is. (Postgres gets one array per
+# column, of any length.)
+ROWS_PER_STATEMENT = 500
+Key = tuple[str, str]  # (source, dedupe_key)
+Routes = tuple[tuple[str, str, str], ...]  # (source, event_type, handler name), in order
+
+
+class BatchWrites:
+    """How one dialect stores a batch, on a DBAPI connection and cursor.
+
+    Values go through the bind processors SQLAlchemy itself would apply (UTC timestamps stored
+    naive, SQLite's datetime text), so the rows are exactly what an ORM insert would write.
+    """
+
+    def __init__(self, dialect: Any) -> None:
+        self._delivery_processors = _processors(deliveries_table, DELIVERY_COLUMNS, dialect)
+        self._job_processors = _processors(jobs_table, JOB_COLUMNS, dialect)
+
+    def write(
+        self, conn: Any, items: list[IncomingDelivery], routes: Routes
+    ) -> tuple[dict[Key, int], dict[Key, int]]:
+        """Store the items whose key is new (keys are distinct), with a pending job per handler
+        routed to (none for a delivery that did not parse), and commit:
+        ``(new ids, existing ids)``."""
+        raise NotImplementedError
+
+    def _delivery_rows(self, items: Sequence[IncomingDelivery]) -> list[list[object]]:
+        rows = []
+        for item in items:
+            identity, auth = item.identity, item.auth
+            row: list[object] = [
+                item.source,
+                identity.event_type,
+                identity.dedupe_key,
+                identity.subject_id,
+                item.sha256,
+                item.size,
+                item.body,
+                item.blob_path,
+                item.content_type,
+                auth.method,
+                auth.key_index,
+                identity.parse_error,
+                item.received_at,
+            ]
+            for index, processor in enumerate(self._delivery_processors):
+                if processor is not None and row[index] is not None:
+                    row[index] = processor(row[index])
+            rows.append(row)
+        return rows
+
+    def _job_rows(self, jobs: list[tuple[int, str]], now: datetime) -> list[list[object]]:
+        id_p, handler_p, *rest = self._job_processors
+        constant = [JobStatus.pending.value, 0, now, now]
+        tail = [v if p is None else p(v) for p, v in zip(rest, constant, strict=True)]
+        return [
+            [
+                delivery_id if id_p is None else id_p(delivery_id),
+                name if handler_p is None else handler_p(name),
+                *tail,
+            ]
+            for delivery_id, name in jobs
+        ]
+
+
+class SqliteBatchWrites(BatchWrites):
+    """A batch is one ``INSERT`` statement: the deliveries, and their jobs by a trigger.
+
+    sqlite3 releases the interpreter lock around every step of a statement and must take it
+    back afterwards, which under load means waiting for the busy event loop thread to let go of
+    it; that wait, not SQLite, was most of what a batch cost (bench/README.md). So the batch is
+    made of as few steps as possible: a multi-row ``INSERT ... ON CONFLICT DO NOTHING`` in
+    autocommit mode, which SQLite runs as its own transaction (durable when the statement
+    returns, with ``synchronous=FULL``). The jobs are inserted by a TEMP trigger on the writer's
+    own connection, from a TEMP table of the registry's routes, so they commit atomically with
+    their delivery. The new ids come from the statement itself: SQLite gives the rows of one
+    statement consecutive rowids in ``VALUES`` order, so with ``n`` rows stored the last is
+    ``lastrowid`` and the first ``lastrowid - n + 1``. Only a batch holding a key that already
+    existed needs a lookup (one more statement, answering in a single row).
+    """
+
+    ROUTES_TABLE = "voicehooks_inbox_routes"
+    TRIGGER = "voicehooks_inbox_jobs"
+
+    def __init__(self, dialect: Any) -> None:
+        super().__init__(dialect)
+        self._sql: dict[tuple[str, int], str] = {}  # (statement, rows) -> SQL
+        # The trigger's constant job columns, as the bind processors would store them.
+        status, attempts = self._job_rows([(0, "")], utcnow())[0][2:4]
+        self._trigger_sql = (
+            f"CREATE TEMP TRIGGER IF NOT EXISTS {self.TRIGGER} "
+            f"AFTER INSERT ON {deliveries_table.name} WHEN NEW.parse_error IS NULL BEGIN "
+            f"INSERT INTO {jobs_table.name} ({', '.join(JOB_COLUMNS)}) "
+            f"SELECT NEW.id, handler, {_sql_literal(status)}, {_sql_literal(attempts)}, "
+            "NEW.received_at, NEW.received_at "
+            f"FROM {self.ROUTES_TABLE} "
+            "WHERE source = NEW.source AND event_type = NEW.event_type ORDER BY position; END"
+        )
+
+    def _statement(self, kind: str, rows: int) -> str:
+        sql = self._sql.get((kind, rows))
+        if sql is None:
+            if kind == "deliveries":
+                row = "(" + ", ".join(["?"] * len(DELIVERY_COLUMNS)) + ")"
+                sql = (
+                    f"INSERT INTO {deliveries_table.name} ({', '.join(DELIVERY_COLUMNS)}) "
+                    f"VALUES {', '.join([row] * rows)} "
+                    "ON CONFLICT (source, dedupe_key) DO NOTHING"
+                )
+            else:  # "lookup": parameters (index, source, dedupe_key) per key
+                # Answers "index id,index id,...": integers only, whatever the keys contain.
+                sql = (
+                    "WITH wanted (i, source, dedupe_key) AS "
+                    f"(VALUES {', '.join(['(?, ?, ?)'] * rows)}) "
+                    "SELECT group_concat(wanted.i || ' ' || d.id, ',') FROM wanted "
+                    f"JOIN {deliveries_table.name} AS d "
+                    "ON d.source = wanted.source AND d.dedupe_key = wanted.dedupe_key"
+                )
+            self._sql[(kind, rows)] = sql
+        return sql
+
+    def write(
+        self, conn: Any, items: list[IncomingDelivery], routes: Routes
+    ) -> tuple[dict[Key, int], dict[Key, int]]:
+        cursor = conn.cursor()
+        try:
+            self._install_routes(conn, cursor, routes)
+            chunks = list(_chunks(items))
+            several = len(chunks) > 1  # then one explicit transaction around them all
+            if several:
+                cursor.execute("BEGIN IMMEDIATE")
+            new: dict[Key, int] = {}
+            existing: dict[Key, int] = {}
+            for chunk in chunks:
+                params = [value for row in self._delivery_rows(chunk) for value in row]
+                cursor.execute(self._statement("deliveries", len(chunk)), params)
+                stored, last = cursor.rowcount, cursor.lastrowid
+                if stored == len(chunk):
+                    first = last - stored + 1
+                    new.update((item.key, first + n) for n, item in enumerate(chunk))
+                    continue
+                first_new = last - stored + 1 if stored else None
+                for key, delivery_id in self._lookup(cursor, chunk).items():
+                    is_new = first_new is not None and delivery_id >= first_new
+                    (new if is_new else existing)[key] = delivery_id
+            if several:
+                conn.commit()
+        finally:
+            cursor.close()
+        return new, existing
+
+    def _install_routes(self, conn: Any, cursor: Any, routes: Routes) -> None:
+        """Create the trigger and fill the routes table on this connection, or refill it when
+        the registry has changed since (TEMP objects live and die with the connection)."""
+        if conn.info.get(self.ROUTES_TABLE) == routes:
+            return
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.ROUTES_TABLE} "
+            "(position INTEGER PRIMARY KEY, source TEXT, event_type TEXT, handler TEXT)"
+        )
+        cursor.execute(self._trigger_sql)
+        cursor.execute(f"DELETE FROM {self.ROUTES_TABLE}")
+        cursor.executemany(
+            f"INSERT INTO {self.ROUTES_TABLE} (source, event_type, handler) VALUES (?, ?, ?)",
+            routes,
+        )
+        conn.info[self.ROUTES_TABLE] = routes
+
+    def _lookup(self, cursor: Any, items: list[IncomingDelivery]) -> dict[Key, int]:
+        found: dict[Key, int] = {}
+        params: list[object] = []
+        for index, item in enumerate(items):
+            params += (index, item.source, item.identity.dedupe_key)
+        (pairs,) = cursor.execute(self._statement("lookup", len(items)), params).fetchone()
+        for pair in pairs.split(",") if pairs else ():
+            index, delivery_id = pair.split(" ")
+            found[items[int(index)].key] = int(delivery_id)
+        return found
+
+
+def _sql_literal(value: object) -> str:
+    """A constant for SQL text that cannot take parameters (the trigger's body)."""
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+class PostgresBatchWrites(BatchWrites):
+    """The whole batch in one statement, run in autocommit mode: one round trip, one commit.
+
+    ``INSERT ... SELECT FROM unnest(<one array per column>)`` stores the deliveries (skipping
+    keys that exist, ``ON CONFLICT DO NOTHING``) and, in the same statement, a data-modifying
+    CTE inserts a job per (new delivery, handler), the handlers given as arrays. A single
+    statement is atomic, so deliveries and jobs commit together. Its text is the same for every
+    batch size, so psycopg parses it once and Postgres keeps it prepared; the arrays travel in
+    binary (no escaping of 2.5 KB bodies). The rare key that already existed is looked up after.
+    """
+
+    def __init__(self, dialect: Any) -> None:
+        super().__init__(dialect)
+        d, j = deliveries_table, jobs_table
+        columns = ", ".join(DELIVERY_COLUMNS)
+        self._sql = (
+            f"WITH new AS (INSERT INTO {d.name} ({columns}) "
+            f"SELECT * FROM unnest({_arrays(d, DELIVERY_COLUMNS, dialect)}) "
+            "ON CONFLICT (source, dedupe_key) DO NOTHING "
+            "RETURNING id, source, event_type, dedupe_key, parse_error), "
+            "handler AS (SELECT * FROM unnest("
+            f"{_arrays(d, ('source', 'event_type'), dialect)}, "
+            f"{_arrays(j, ('handler',), dialect)}) "
+            "WITH ORDINALITY AS h(source, event_type, name, n)), "
+            f"job AS (INSERT INTO {j.name} ({', '.join(JOB_COLUMNS)}) "
+            "SELECT new.id, handler.name, "
+            f"{_scalars(j, JOB_COLUMNS[2:], dialect)} FROM new JOIN handler "
+            "ON handler.source = new.source AND handler.event_type = new.event_type "
+            "WHERE new.parse_error IS NULL ORDER BY new.id, handler.n) "
+            "SELECT id, source, dedupe_key FROM new"
+        )
+        self._existing_sql = f"SELECT id FROM {d.name} WHERE source = %s AND dedupe_key = %s"
+
+    def write(
+        self, conn: Any, items: list[IncomingDelivery], routes: Routes
+    ) -> tuple[dict[Key, int], dict[Key, int]]:
+        route_columns = [list(column) for column in zip(*routes, strict=True)] or [[], [], []]
+        job_values = self._job_rows([(0, "")], utcnow())[0][2:]
+        params = [
+            *(list(column) for column in zip(*self._delivery_rows(items), strict=True)),
+            *route_columns,
+            *job_values,
+        ]
+        driver = conn.dbapi_connection
+        driver.autocommit = True
+        cursor = conn.cursor()
+        try:
+            cursor.execute(self._sql, params)
+            new = {(source, key): delivery_id for delivery_id, source, key in cursor.fetchall()}
+            existing: dict[Key, int] = {}
+            for item in items:
+                if item.key not in new:  # stored before (or by another receiver meanwhile)
+                    cursor.execute(self._existing_sql, item.key)
+                    (existing[item.key],) = cursor.fetchone()
+        finally:
+            cursor.close()
+            with contextlib.suppress(Exception):  # a broken connection is dropped anyway
+                driver.autocommit = False
+        return new, existing
+
+
+def _arrays(table: Table, names: Sequence[str], dialect: Any) -> str:
+    """``%b::<type>[], ...``: one typed array per column, sent in binary (no text escaping)."""
+    return ", ".join(f"%b::{table.c[name].type.compile(dialect=dialect)}[]" for name in names)
+
+
+def _scalars(table: Table, names: Sequence[str], dialect: Any) -> str:
+    """``%b::<type>, ...``: one typed parameter per column."""
+    return ", ".join(f"%b::{table.c[name].type.compile(dialect=dialect)}" for name in names)
+
+
+def _processors(
+    table: Table, names: Sequence[str], dialect: Any
+) -> list[Callable[[Any], Any] | None]:
+    columns: list[Column[Any]] = [table.c[name] for name in names]
+    return [c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
+
+
+def batch_writes(dialect: Any) -> BatchWrites:
+    """How this database stores an inbox batch."""
+    return SqliteBatchWrites(dialect) if dialect.name == "sqlite" else PostgresBatchWrites(dialect)
+
+
+def _chunks(rows: list[_T]) -> Iterator[list[_T]]:
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        yield rows[start : start + ROWS_PER_STATEMENT]
+
+
+# -- running: claim, complete, fail, keep the lease --------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    delivery_id: int
+    handler: str
+    attempts: int
+    lease_token: str
+
+
+def claim(engine: Engine, lease_seconds: float) -> ClaimedJob | None:
+    """Take the oldest due job: pending and due, or running with an expired lease (its worker
+    died). Postgres skips rows other workers hold; SQLite serialises writers anyway."""
+    now = utcnow()
+    token = secrets.token_hex(16)
+    due = or_(
+        and_(jobs_table.c.status == JobStatus.pending, jobs_table.c.run_at <= now),
+        and_(jobs_table.c.status == JobStatus.running, jobs_table.c.lease_until < now),
+    )
+    query = (
+        select(
+            jobs_table.c.id, jobs_table.c.delivery_id, jobs_table.c.handler, jobs_table.c.attempts
+        )
+        .where(due)
+        .order_by(jobs_table.c.run_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    with writer(engine).begin() as conn:
+        row = conn.execute(query).first()
+        if row is None:
+            return None
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == row.id)
+            .values(
+                status=JobStatus.running,
+                attempts=row.attempts + 1,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                lease_token=token,
+            )
+        )
+    return ClaimedJob(row.id, row.delivery_id, row.handler, row.attempts + 1, token)
+
+
+def _guarded(job: ClaimedJob) -> Any:
+    """Only the holder of the lease may move the job on."""
+    return update(jobs_table).where(
+        jobs_table.c.id == job.id, jobs_table.c.lease_token == job.lease_token
+    )
+
+
+def complete(session: Session, job: ClaimedJob, *, dead_because: str | None = None) -> bool:
+    """Mark the job done (or dead, keeping the handler's writes) in the handler's own
+    transaction and commit: the handler's writes and the job's end are one transaction.
+    False when the lease was lost; the handler's writes are then rolled back."""
+    values: dict[str, object] = {"finished_at": utcnow(), "lease_until": None}
+    if dead_because is None:
+        values |= {"status": JobStatus.done, "last_error": None}
+    else:
+        values |= {"status": JobStatus.dead, "last_error": dead_because[:MAX_ERROR_CHARS]}
+    done = session.execute(_guarded(job).values(**values))
+    if done.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's result has a rowcount
+        session.rollback()
+        return False
+    session.commit()
+    return True
+
+
+def retry_delay(attempts: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: about base * 2^(n-1), randomised by +-50%, capped.
+
+    Jitter spreads retries of jobs that failed together (a database blip, a provider outage) so
+    they do not all come back at the same instant.
+    """
+    delay = min(cap, base * 2 ** max(0, attempts - 1))
+    return delay * random.uniform(0.5, 1.5)
+
+
+def fail(engine: Engine, job: ClaimedJob, message: str, *, retry_in: float | None) -> None:
+    """Record a failed attempt: pending again after ``retry_in`` seconds, or dead (None)."""
+    now = utcnow()
+    values: dict[str, object] = {"last_error": message[:MAX_ERROR_CHARS], "lease_until": None}
+    if retry_in is None:
+        values |= {"status": JobStatus.dead, "finished_at": now}
+    else:
+        values |= {"status": JobStatus.pending, "run_at": now + timedelta(seconds=retry_in)}
+    with writer(engine).begin() as conn:
+        conn.execute(_guarded(job).values(**values))
+
+
+def extend_lease(engine: Engine, job: ClaimedJob, lease_seconds: float) -> None:
+    """Keep a long job (a 300 MB audio decode) from being taken over while it works."""
+    until = utcnow() + timedelta(seconds=lease_seconds)
+    with writer(engine).begin() as conn:
+        conn.execute(
+            _guarded(job).where(jobs_table.c.status == JobStatus.running).values(lease_until=until)
+        )
+
+
+def load_delivery(engine: Engine, delivery_id: int) -> Any:
+    """The stored delivery row a job runs on."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(deliveries_table).where(deliveries_table.c.id == delivery_id)
+        ).one()
+
+
+# -- operators: requeue, and what they look at ------------------------------------------------
+
+
+@dataclass
+class DeliverySummary:
+    id: int
+    source: str
+    event_type: str | None
+    subject_id: str | None
+    size: int
+    received_at: datetime
+    status: str
+    jobs: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "received_at": self.received_at.isoformat()}
+
+
+def _status(jobs: dict[str, int], parse_error: str | None) -> str:
+    """One word for a delivery: the worst state among its jobs."""
+    if parse_error:
+        return "invalid"
+    for state in (JobStatus.dead, JobStatus.running, JobStatus.pending):
+        if jobs.get(state):
+            return str(state)
+    return "done" if jobs else "stored"
+
+
+def list_deliveries(
+    engine: Engine, *, limit: int = 50, status: str | None = None, source: str | None = None
+) -> list[DeliverySummary]:
+    query = select(deliveries_table).order_by(deliveries_table.c.id.desc())
+    if source:
+        query = query.where(deliveries_table.c.source == source)
+    if status in {s.value for s in JobStatus}:
+        query = query.where(
+            deliveries_table.c.id.in_(
+                select(jobs_table.c.delivery_id).where(jobs_table.c.status == status)
+            )
+        )
+    with engine.connect() as conn:
+        rows = conn.execute(query.limit(limit)).all()
+        ids = [row.id for row in rows]
+        counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+        if ids:
+            for delivery_id, state, n in conn.execute(
+                select(jobs_table.c.delivery_id, jobs_table.c.status, func.count())
+                .where(jobs_table.c.delivery_id.in_(ids))
+                .group_by(jobs_table.c.delivery_id, jobs_table.c.status)
+            ):
+                counts[delivery_id][state] = n
+    summaries = [
+        DeliverySummary(
+            row.id,
+            row.source,
+            row.event_type,
+            row.subject_id,
+            row.size,
+            row.received_at,
+            _status(counts[row.id], row.parse_error),
+            counts[row.id],
+        )
+        for row in rows
+    ]
+    if status and status not in {s.value for s in JobStatus}:
+        summaries = [s for s in summaries if s.status == status]
+    return summaries
+
+
+def get_delivery(engine: Engine, delivery_id: int) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(deliveries_table).where(deliveries_table.c.id == delivery_id)
+        ).first()
+        if row is None:
+            return None
+        jobs = conn.execute(
+            select(jobs_table)
+            .where(jobs_table.c.delivery_id == delivery_id)
+            .order_by(jobs_table.c.id)
+        ).all()
+    info = {k: v for k, v in row._mapping.items() if k != "body"}
+    info["received_at"] = row.received_at.isoformat()
+    info["body_stored"] = "blob" if row.blob_path else "inline"
+    info["jobs"] = [
+        {
+            k: (v.isoformat() if isinstance(v, datetime) else v)
+            for k, v in job._mapping.items()
+            if k != "lease_token"
+        }
+        for job in jobs
+    ]
+    return info
+
+
+def requeue_delivery(engine: Engine, registry: Registry, delivery_id: int) -> int:
+    """Re-run every handler of a delivery; returns how many jobs are now pending."""
+    now = utcnow()
+    with writer(engine).begin() as conn:
+        row = conn.execute(
+            select(
+                deliveries_table.c.source,
+                deliveries_table.c.event_type,
+                deliveries_table.c.parse_error,
+            ).where(deliveries_table.c.id == delivery_id)
+        ).first()
+        if row is None:
+            raise LookupError(f"no delivery with id {delivery_id}")
+        if row.parse_error:
+            return 0
+        existing = set(
+            conn.execute(
+                select(jobs_table.c.handler).where(jobs_table.c.delivery_id == delivery_id)
+            ).scalars()
+        )
+        conn.execute(
+            update(jobs_table)
+            .where(
+                jobs_table.c.delivery_id == delivery_id, jobs_table.c.status != JobStatus.running
+            )
+            .values(status=JobStatus.pending, attempts=0, run_at=now, finished_at=None)
+        )
+        missing = [
+            spec.name
+            for spec in registry.handlers_for(row.source, row.event_type)
+            if spec.name not in existing
+        ]
+        if missing:
+            conn.execute(
+                insert(jobs_table),
+                [
+                    {
+                        "delivery_id": delivery_id,
+                        "handler": name,
+                        "status": JobStatus.pending,
+                        "attempts": 0,
+                        "run_at": now,
+                        "created_at": now,
+                    }
+                    for name in missing
+                ],
+            )
+        return conn.execute(
+            select(func.count())
+            .select_from(jobs_table)
+            .where(
+                jobs_table.c.delivery_id == delivery_id, jobs_table.c.status == JobStatus.pending
+            )
+        ).scalar_one()
+
+
+def requeue_dead(engine: Engine) -> int:
+    """Give every dead job a fresh set of attempts; returns how many."""
+    with writer(engine).begin() as conn:
+        result = conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.status == JobStatus.dead)
+            .values(status=JobStatus.pending, attempts=0, run_at=utcnow(), finished_at=None)
+        )
+        return result.rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+def job_counts(engine: Engine) -> dict[str, int]:
+    """How many jobs are in each state."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(jobs_table.c.status, func.count()).group_by(jobs_table.c.status)
+        ).all()
+    return {status: count for status, count in rows}
+
+
+def dead_jobs(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(jobs_table.c.delivery_id, jobs_table.c.handler, jobs_table.c.last_error)
+            .where(jobs_table.c.status == JobStatus.dead)
+            .order_by(jobs_table.c.id)
+        ).all()
+    return [dict(row._mapping) for row in rows]
+
+
+def delivery_job_states(engine: Engine, delivery_id: int) -> set[str]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                select(jobs_table.c.status).where(jobs_table.c.delivery_id == delivery_id)
+            ).scalars()
+        )
