@@ -258,8 +258,8 @@ def demo_settings(workdir: Path) -> Settings:
     return Settings(
         database_url=f"sqlite:///{workdir / 'voicehooks-demo.db'}",
         data_dir=workdir / "data",
-        elevenlabs_secrets=[secrets.token_urlsafe(24)],  # type: ignore[list-item]
-        kie_hmac_keys=[secrets.token_urlsafe(24)],  # type: ignore[list-item]
+        elevenlabs_secrets=[secrets.token_urlsafe(24)],
+        kie_hmac_keys=[secrets.token_urlsafe(24)],
         kie_url_token=None,
         worker_poll_seconds=0.1,
         job_max_attempts=3,

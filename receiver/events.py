@@ -69,6 +69,7 @@ class HandlerContext:
     settings: Settings
     job_id: int
     attempt: int
+    # Reads outside the job's transaction go through the engine itself, not the session.
     engine: Engine | None = field(default=None, repr=False)
 
     async def write(
@@ -79,7 +80,9 @@ class HandlerContext:
     async def read(
         self, fn: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
     ) -> _T:
-        engine = self.engine if self.engine is not None else self.session.get_bind()
+        engine = self.engine
+        if engine is None:
+            raise RuntimeError("ctx.read needs the context's engine (the worker always sets it)")
 
         def run() -> _T:
             with engine.connect() as conn:

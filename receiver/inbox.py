@@ -42,7 +42,6 @@ log = structlog.get_logger(__name__)
 __all__ = ["Inbox", "IncomingDelivery", "Receipt"]
 
 
-_STOP = object()
 POSTGRES_WRITERS = 2  # writer threads (and connections) on Postgres; see Inbox.__init__
 Pending = tuple["IncomingDelivery", asyncio.AbstractEventLoop, "asyncio.Future[Receipt]"]
 
@@ -60,8 +59,8 @@ class Inbox:
         self._registry = registry
         self._max_batch = max_batch
         self._on_new_jobs = on_new_jobs
-        # Lists of waiting deliveries (see accept), or _STOP.
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # Lists of waiting deliveries (see accept), or None: stop.
+        self._queue: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()
         self._waiting: dict[asyncio.AbstractEventLoop, list[Pending]] = {}
         self._threads: list[threading.Thread] = []
         dialect = engine.dialect
@@ -90,7 +89,7 @@ class Inbox:
 
     def stop(self) -> None:
         for _ in self._threads:
-            self._queue.put(_STOP)
+            self._queue.put(None)
         for thread in self._threads:
             thread.join()
         self._threads = []
@@ -133,18 +132,18 @@ class Inbox:
                     if stopping:
                         break
                     first = self._queue.get()
-                    if first is _STOP:
+                    if first is None:
                         break
-                    carry = list(first)  # type: ignore[call-overload]
+                    carry = list(first)
                 while not stopping and len(carry) < self._max_batch:
                     try:
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if item is _STOP:
+                    if item is None:
                         stopping = True
                         break
-                    carry.extend(item)  # type: ignore[arg-type]
+                    carry.extend(item)
                 batch, carry = carry[: self._max_batch], carry[self._max_batch :]
                 self._commit_batch(batch)
         finally:
@@ -305,4 +304,5 @@ def _resolve_many(
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(receipt)  # type: ignore[arg-type]
+            assert receipt is not None  # a batch gives each item a receipt or an error
+            future.set_result(receipt)

@@ -442,7 +442,7 @@ def complete(session: Session, job: ClaimedJob, *, dead_because: str | None = No
     else:
         values |= {"status": JobStatus.dead, "last_error": dead_because[:MAX_ERROR_CHARS]}
     done = session.execute(_guarded(job).values(**values))
-    if done.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's result has a rowcount
+    if done.rowcount != 1:  # type: ignore[attr-defined]  # Session.execute is typed as Result; an UPDATE gives a CursorResult
         session.rollback()
         return False
     session.commit()
@@ -647,7 +647,7 @@ def requeue_dead(engine: Engine) -> int:
             .where(jobs_table.c.status == JobStatus.dead)
             .values(status=JobStatus.pending, attempts=0, run_at=utcnow(), finished_at=None)
         )
-        return result.rowcount  # type: ignore[attr-defined, no-any-return]
+        return result.rowcount
 
 
 def job_counts(engine: Engine) -> dict[str, int]:

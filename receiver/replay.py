@@ -27,11 +27,11 @@ import httpx
 from sqlalchemy import Engine, select
 
 from receiver import jsonstream
+from receiver.jobs import deliveries_table
 from receiver.settings import Settings
 from receiver.sources import load_sources
 from receiver.sources.base import Described, SigningError, Source
 from receiver.store.blobs import BlobStore
-from receiver.store.models import Delivery
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 IN_PROCESS_URL = "http://in-process"
@@ -114,10 +114,10 @@ def _read_document(path: Path, size: int, sources: Iterable[Source]) -> dict[str
     """
     if size <= STREAM_ABOVE_BYTES:
         try:
-            document = json.loads(path.read_bytes())
+            parsed = json.loads(path.read_bytes())
         except (ValueError, UnicodeDecodeError):
             return None
-        return document if isinstance(document, dict) else None
+        return parsed if isinstance(parsed, dict) else None
     paths = sorted({p for source in sources for p in source.shape_fields})
     try:
         with open(path, "rb") as fh:
@@ -370,7 +370,7 @@ def export_delivery(
     """
     with engine.connect() as conn:
         row = conn.execute(
-            select(Delivery.__table__).where(Delivery.__table__.c.id == delivery_id)  # type: ignore[attr-defined]
+            select(deliveries_table).where(deliveries_table.c.id == delivery_id)
         ).first()
     if row is None:
         raise LookupError(f"no delivery with id {delivery_id}")

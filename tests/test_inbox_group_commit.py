@@ -16,7 +16,6 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
-from receiver import inbox as inbox_module
 from receiver import jobs as jobs_module
 from receiver.inbox import IncomingDelivery, Receipt
 from receiver.registry import HandlerSpec, Registry

@@ -24,7 +24,6 @@ from receiver.app import create_app
 from receiver.body import ReceivedBody
 from receiver.cli.main import app as cli_app
 from receiver.registry import Registry
-from receiver.sources import load_sources
 from receiver.replay import (
     STREAM_ABOVE_BYTES,
     Replayer,
@@ -37,7 +36,7 @@ from receiver.replay import (
 )
 from receiver.service import Services
 from receiver.settings import Settings
-from receiver.sources import elevenlabs
+from receiver.sources import elevenlabs, load_sources
 from receiver.sources.elevenlabs import ElevenLabsSource
 from receiver.sources.kie import KieSource
 from receiver.store.models import Delivery, Job

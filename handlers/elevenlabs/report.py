@@ -24,14 +24,16 @@ notices = WorkspaceNotice.__table__  # type: ignore[attr-defined]  # SQLModel ad
 def conversations_table(engine: Engine) -> tuple[str, Table]:
     with engine.connect() as conn:
         rows = conn.execute(select(conversations).order_by(conversations.c.conversation_id)).all()
-        turns = dict(
+        turns: dict[str, int] = dict(
             conn.execute(
                 select(turns_table.c.conversation_id, func.count()).group_by(
                     turns_table.c.conversation_id
                 )
             ).all()
         )
-        audio = dict(conn.execute(select(audio_table.c.conversation_id, audio_table.c.size)).all())
+        audio: dict[str, int] = dict(
+            conn.execute(select(audio_table.c.conversation_id, audio_table.c.size)).all()
+        )
     table = Table("conversation", "agent", "status", "successful", "turns", "audio", "summary")
     for row in rows:
         size = audio.get(row.conversation_id)

@@ -60,7 +60,7 @@ class DialogueTask(SQLModel, table=True):
     last_delivery_id: int | None = None
 
 
-dialogue_tasks = DialogueTask.__table__  # type: ignore[attr-defined]
+dialogue_tasks = DialogueTask.__table__  # type: ignore[attr-defined]  # SQLModel adds it
 
 
 def redact(value: Any) -> Any:

@@ -88,11 +88,11 @@ def deliveries_retry(
     if (delivery_id is None) == (not dead):
         raise fail("give a delivery id or --dead (not both)", code=2)
     services = load_services()
-    if dead:
+    if delivery_id is None:  # then --dead was given (checked above)
         count = jobs.requeue_dead(services.engine)
     else:
         try:
-            count = jobs.requeue_delivery(services.engine, services.registry, delivery_id)  # type: ignore[arg-type]
+            count = jobs.requeue_delivery(services.engine, services.registry, delivery_id)
         except LookupError as exc:
             raise fail(str(exc)) from exc
     if as_json:

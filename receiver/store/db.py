@@ -65,11 +65,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def writer(engine: Engine) -> Engine:
-    """The engine for short transactions that will write (inbox, job claims).
+    """The engine for transactions that will write: job claims and transitions, and handler
+    sessions.
 
     On SQLite they start with ``BEGIN IMMEDIATE``, taking the write lock up front, so two writers
     queue on the busy timeout instead of one failing with "database is locked" when its read
-    upgrades to a write. Handler sessions stay DEFERRED: a handler that awaits a download does not
-    hold the lock that the inbox needs. Postgres ignores the option.
+    upgrades to a write. A handler session's transaction begins at its first statement, not when
+    the session is made, so a handler that downloads before it writes holds no lock meanwhile
+    (``ctx.read`` looks outside it). Postgres ignores the option.
     """
     return engine.execution_options(sqlite_begin="IMMEDIATE")

@@ -27,7 +27,9 @@ def plugin_version_dirs() -> list[Path]:
     dirs = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         module = importlib.import_module(ep.value)
-        dirs.append(Path(module.__file__).parent)  # type: ignore[arg-type]
+        if module.__file__ is None:  # a namespace package has no directory of its own
+            raise RuntimeError(f"migrations entry point {ep.name!r} ({ep.value}) is not a package")
+        dirs.append(Path(module.__file__).parent)
     return sorted(set(dirs))
 
 
@@ -52,7 +54,7 @@ def pending_revisions(engine: Engine) -> set[str]:
         applied = set(MigrationContext.configure(connection).get_current_heads())
         connection.rollback()
     heads = set(script.get_heads())
-    reached = set()
+    reached: set[str] = set()
     for rev in applied:
         reached.update(r.revision for r in script.iterate_revisions(rev, "base"))
     return heads - reached

@@ -528,9 +528,9 @@ class PostCallTranscription(WebhookEnvelope):
 class AudioData(ElevenLabsModel):
     """``data`` of ``post_call_audio``: ids plus the whole call as base64 MP3.
 
-    ``full_audio`` is optional on purpose: the receiver streams big bodies and writes the audio
-    to storage itself, then builds this model from the small fields only, so a handler gets the
-    ids without megabytes of base64 in memory. It is left out of ``repr`` to keep logs short.
+    ``full_audio`` is optional on purpose: for a big (spooled) body the source builds this model
+    from the small fields only, and the audio handler decodes the MP3 straight from the stored
+    body into the blob store, so nothing holds megabytes of base64 in memory. It is left out of ``repr`` to keep logs short.
     """
 
     agent_id: str
