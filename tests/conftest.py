@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -187,3 +189,25 @@ def wait_until(
 
 
 __all__ = ["load_registry"]
+
+
+def pip_install_into(package: Path, target: Path) -> Path:
+    """A real ``pip install`` of a test package into a directory of its own (with dist-info,
+    so its entry points are found when the directory is on PYTHONPATH)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(package),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert any(p.name.endswith(".dist-info") for p in target.iterdir())
+    return target

@@ -19,7 +19,7 @@ import pytest
 
 import receiver
 from receiver.registry import ENTRY_POINT_GROUP, PluginError, load_registry
-from tests.conftest import ROOT
+from tests.conftest import ROOT, pip_install_into
 from tests.serverproc import ServerProcess
 
 RECEIVER = ROOT / "receiver"
@@ -116,23 +116,7 @@ def test_a_broken_handler_entry_point_stops_loading(monkeypatch: pytest.MonkeyPa
 @pytest.fixture(scope="module")
 def installed_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """pip-install tests/source_pkg into a directory of its own (a real dist-info)."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--target",
-            str(target),
-            str(ROOT / "tests" / "source_pkg"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return target
+    return pip_install_into(ROOT / "tests" / "source_pkg", tmp_path_factory.mktemp("site"))
 
 
 def test_an_out_of_tree_source_receives_and_replays(installed_source: Path, tmp_path: Path) -> None:

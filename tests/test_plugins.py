@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from receiver.registry import PluginError, load_registry
-from tests.conftest import ROOT, event_body, wait_until
+from tests.conftest import ROOT, event_body, pip_install_into, wait_until
 from tests.serverproc import ServerProcess
 
 
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """pip-install tests/plugin_pkg into its own directory (a real install with dist-info)."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--target",
-            str(target),
-            str(ROOT / "tests" / "plugin_pkg"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    assert any(p.name.endswith(".dist-info") for p in target.iterdir())
-    return target
+    return pip_install_into(ROOT / "tests" / "plugin_pkg", tmp_path_factory.mktemp("site"))
 
 
 def test_entry_point_plugin_is_called_by_a_real_receiver(
