@@ -295,7 +295,7 @@ def cli(tmp_path: Path, url: str, *args: str, key: str = API_KEY) -> Any:
 def test_cli_backfill_summary_json_and_second_run(
     tmp_path: Path, fake: tuple[FakeConversations, str]
 ) -> None:
-    _, url = fake
+    server, url = fake
     first = cli(tmp_path, url)
     assert first.exit_code == 0, first.output
     assert "page 1: listed 4" in first.output  # not a terminal: a plain line per page
@@ -307,7 +307,10 @@ def test_cli_backfill_summary_json_and_second_run(
             for line in first.output.splitlines()
             if line.count("│") >= 3
         ), (label, first.output)
+    # No worker ran: the transcriptions wait in the inbox, and still count as stored.
+    fetched_before = len(server.paths("get")) + len(server.paths("audio"))
     second = cli(tmp_path, url, "--since", "7d", "--json")
+    assert len(server.paths("get")) + len(server.paths("audio")) == fetched_before
     assert second.exit_code == 0, second.output
     document = json.loads(second.output[second.output.index("{") :])
     assert document["fetched"] == 0 and document["already_stored"] == 3
