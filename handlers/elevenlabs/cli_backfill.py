@@ -63,9 +63,8 @@ def _counts_line(summary: Summary) -> str:
     )
 
 
-def render_summary(summary: Summary, since: datetime, until: datetime) -> Table:
-    title = f"ElevenLabs backfill {since:%Y-%m-%d %H:%M} - {until:%Y-%m-%d %H:%M} UTC"
-    table = Table(title=title, title_justify="left", show_header=False)
+def render_summary(summary: Summary) -> Table:
+    table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     labels = {
@@ -165,7 +164,9 @@ def backfill(
             | summary.as_dict()
         )
     else:
-        console.print(render_summary(summary, start, end))
+        window = f"{start:%Y-%m-%d %H:%M} - {end:%Y-%m-%d %H:%M} UTC"
+        console.print(Text(f"ElevenLabs backfill, calls started {window}"))
+        console.print(render_summary(summary))
         if dry_run:
             console.print(
                 Text("dry run: nothing was fetched or stored; the counts say what would be")
