@@ -141,19 +141,23 @@ def stored_state(engine: Engine, ids: list[str]) -> Stored:
         )
     # ``last_delivery_id`` is set only by the transcription handler: a row the audio handler
     # created alone (audio arrived first) has no transcription yet.
-    applied = {r.conversation_id: r for r in rows if r.last_delivery_id is not None}
+    applied: set[str] = set()
+    missing: dict[str, tuple[str | None, int]] = {}
+    for cid, agent_id, has_audio, last_delivery_id in rows:
+        if last_delivery_id is None:
+            continue
+        applied.add(cid)
+        if has_audio and cid not in audio:
+            missing[cid] = (agent_id, last_delivery_id)
     queued = jobs.stored_subjects(engine, SOURCE, POST_CALL_TRANSCRIPTION, ids)
-    missing = {
-        cid: (r.agent_id, r.last_delivery_id)
-        for cid, r in applied.items()
-        if r.has_audio and cid not in audio
-    }
-    return Stored(set(applied) | queued, audio, missing)
+    return Stored(applied | queued, audio, missing)
 
 
 def event_timestamp(details: dict[str, Any], summary: ConversationSummary) -> int:
     """When the call ended: deterministic, and no later than the real webhook's timestamp."""
-    metadata = details.get("metadata") if isinstance(details.get("metadata"), dict) else {}
+    metadata = details.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
     start = metadata.get("start_time_unix_secs", summary.start_time_unix_secs)
     duration = metadata.get("call_duration_secs", summary.call_duration_secs) or 0
     if isinstance(start, int | float) and isinstance(duration, int | float):
