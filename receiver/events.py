@@ -18,6 +18,7 @@ from receiver.store.blobs import BlobStore
 if TYPE_CHECKING:
     import httpx
 
+    from receiver.inbox import Inbox
     from receiver.settings import Settings
     from receiver.sources.base import Source
 
@@ -89,6 +90,20 @@ class HandlerContext:
                 return fn(conn, *args, **kwargs)
 
         return await anyio.to_thread.run_sync(run)
+
+
+@dataclass
+class PeriodicContext:
+    """What a periodic task (``Blueprint.periodic``) may use. It runs on the worker's event loop:
+    blocking work (database calls, file writes) goes to a thread (``anyio.to_thread``).
+    ``inbox.accept_now`` stores a delivery and its jobs exactly as ingest does."""
+
+    settings: Settings
+    engine: Engine
+    blobs: BlobStore
+    http: httpx.AsyncClient
+    sources: dict[str, Source]
+    inbox: Inbox
 
 
 class PermanentFailure(Exception):

@@ -488,6 +488,27 @@ def load_delivery(engine: Engine, delivery_id: int) -> Any:
         ).one()
 
 
+def stored_subjects(
+    engine: Engine, source: str, event_type: str, subject_ids: Sequence[str]
+) -> set[str]:
+    """Which of ``subject_ids`` already have a stored delivery of ``event_type`` (processed or
+    not): reconciliation must not fetch again what the inbox holds but a worker has yet to run."""
+    if not subject_ids:
+        return set()
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                select(deliveries_table.c.subject_id)
+                .where(
+                    deliveries_table.c.source == source,
+                    deliveries_table.c.event_type == event_type,
+                    deliveries_table.c.subject_id.in_(list(subject_ids)),
+                )
+                .distinct()
+            ).scalars()
+        )
+
+
 # -- operators: requeue, and what they look at ------------------------------------------------
 
 

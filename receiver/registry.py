@@ -2,7 +2,8 @@
 
 A plugin (the built-in ``handlers.elevenlabs`` and ``handlers.kie`` included) builds one
 ``Blueprint``: the handlers it provides, each for a (source, event type), and optionally the
-sections it adds to the demo report. Nothing is registered by importing a module; the blueprint
+sections it adds to the demo report, and the periodic tasks it wants the workers to run
+(``blueprint.periodic(every, func)``). Nothing is registered by importing a module; the blueprint
 is an object the plugin hands over, through the entry-point group ``voicehooks.handlers`` or the
 setting ``VOICEHOOKS_PLUGINS=module[:attribute],...`` (a bare module means its ``blueprint``).
 ``load_registry`` turns the installed blueprints into one ``Registry``, the only thing the inbox,
@@ -26,12 +27,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from receiver.events import Event, HandlerContext
+    from receiver.events import Event, HandlerContext, PeriodicContext
+    from receiver.settings import Settings
 
 ENTRY_POINT_GROUP = "voicehooks.handlers"
 HandlerFunc = Callable[["Event", "HandlerContext"], Awaitable[None] | None]
 # A demo report section: given the store, something rich can print (or None when empty).
 ReportFunc = Callable[["Engine"], Any]
+# A periodic task: an async function of the context the workers give it.
+PeriodicFunc = Callable[["PeriodicContext"], Awaitable[None]]
+# Its interval in seconds, or a function of the settings giving it (0 or less: not run).
+Interval = float | Callable[["Settings"], float]
 
 
 class PluginError(Exception):
@@ -49,6 +55,24 @@ class HandlerSpec:
         return f"{self.func.__module__}:{self.func.__qualname__}"
 
 
+@dataclass(frozen=True)
+class PeriodicSpec:
+    """A task every worker process runs every ``interval`` seconds (``voicehooks serve`` and
+    ``voicehooks worker`` alike). Every process runs it: a task that must run once per interval
+    across processes sharing the store (one call to a provider's API, not one per worker) claims
+    its turn in the database itself, as ``handlers.elevenlabs.backfill`` does."""
+
+    every: Interval
+    func: PeriodicFunc
+
+    @property
+    def name(self) -> str:
+        return f"{self.func.__module__}:{self.func.__qualname__}"
+
+    def interval(self, settings: Settings) -> float:
+        return float(self.every(settings) if callable(self.every) else self.every)
+
+
 @dataclass
 class Blueprint:
     """What one plugin provides, collected on an object instead of in module-level state.
@@ -60,6 +84,7 @@ class Blueprint:
     name: str
     handlers: list[HandlerSpec] = field(default_factory=list)
     reports: list[ReportFunc] = field(default_factory=list)
+    periodics: list[PeriodicSpec] = field(default_factory=list)
 
     def add(self, source: str, event_type: str, func: HandlerFunc) -> None:
         spec = HandlerSpec(source, event_type, func)
@@ -79,6 +104,15 @@ class Blueprint:
         """Add a section to ``voicehooks demo``'s report (a function of the engine)."""
         self.reports.append(func)
         return func
+
+    def periodic(self, every: Interval, func: PeriodicFunc) -> None:
+        """Run ``await func(ctx)`` in each worker process every ``every`` seconds, the first
+        time at start-up. ``every`` may be a function of the settings (so an operator turns the
+        task on or off with a setting); 0 or less means the task does not run. A task that
+        raises is logged and runs again at its next interval."""
+        spec = PeriodicSpec(every, func)
+        if spec not in self.periodics:
+            self.periodics.append(spec)
 
 
 class Registry:
@@ -124,6 +158,9 @@ class Registry:
 
     def reports(self) -> list[ReportFunc]:
         return [report for blueprint in self.blueprints for report in blueprint.reports]
+
+    def periodics(self) -> list[PeriodicSpec]:
+        return [spec for blueprint in self.blueprints for spec in blueprint.periodics]
 
     def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(self._by_name.values())

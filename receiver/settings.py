@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     elevenlabs_base_url: str = "https://api.elevenlabs.io"
     # Periodic backfill of conversations whose webhooks never arrived (0: off).
     elevenlabs_reconcile_seconds: float = Field(default=0, ge=0)
+    # How far back each periodic reconciliation looks (conversations started since then).
+    elevenlabs_reconcile_lookback_seconds: float = Field(default=24 * 3600, gt=0)
 
     kie_hmac_keys: CommaList = Field(default_factory=list)
     kie_url_token: SecretStr | None = None

@@ -29,9 +29,10 @@ from sqlmodel import Session
 
 from receiver import jobs, metrics
 from receiver.body import ReceivedBody
-from receiver.events import Event, HandlerContext, PermanentFailure
+from receiver.events import Event, HandlerContext, PeriodicContext, PermanentFailure
+from receiver.inbox import Inbox
 from receiver.jobs import ClaimedJob
-from receiver.registry import Registry
+from receiver.registry import PeriodicSpec, Registry
 from receiver.settings import Settings
 from receiver.sources.base import Source
 from receiver.store.blobs import BlobStore
@@ -100,9 +101,13 @@ class Worker:
         try:
             async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
                 self._http = http
-                async with anyio.create_task_group() as tasks:
-                    for _ in range(max(1, self.settings.worker_concurrency)):
-                        tasks.start_soon(self._loop_forever)
+                async with anyio.create_task_group() as periodic:
+                    for spec in self.registry.periodics():
+                        periodic.start_soon(self._run_periodic, spec)
+                    async with anyio.create_task_group() as tasks:
+                        for _ in range(max(1, self.settings.worker_concurrency)):
+                            tasks.start_soon(self._loop_forever)
+                    periodic.cancel_scope.cancel()  # the workers stopped: so do the tasks
         finally:
             await anyio.to_thread.run_sync(watcher.stop)
 
@@ -123,6 +128,27 @@ class Worker:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.settings.worker_poll_seconds)
+
+    async def _run_periodic(self, spec: PeriodicSpec) -> None:
+        """Run a plugin's periodic task now and then every interval, until the worker stops."""
+        interval = spec.interval(self.settings)
+        if interval <= 0:
+            return
+        ctx = PeriodicContext(
+            settings=self.settings,
+            engine=self.engine,
+            blobs=self.blobs,
+            http=self._http,
+            sources=self.sources,
+            inbox=Inbox(self.engine, self.registry, on_new_jobs=self.wake),
+        )
+        log.info("periodic_task_scheduled", task=spec.name, every_seconds=interval)
+        while not self._stopping:
+            try:
+                await spec.func(ctx)
+            except Exception:
+                log.exception("periodic_task_failed", task=spec.name)
+            await anyio.sleep(interval)
 
     async def drain(self) -> int:
         """Run due jobs until none is left (CLI and tests); returns how many ran."""

@@ -1,12 +1,15 @@
 """ElevenLabs Agents Platform events -> conversations, turns, analysis, call audio, notices.
 
 The plugin's whole surface is listed here, as Starlette lists its routes: which handler runs for
-which event, and what it adds to the demo report. Tables live in ``tables``, their migrations in
-``migrations`` and the ``conversations`` command in ``cli``, each named in pyproject.toml.
+which event, what it adds to the demo report, and its periodic task (reconciliation with the
+ElevenLabs API, off unless ``VOICEHOOKS_ELEVENLABS_RECONCILE_SECONDS`` is set). Tables live in
+``tables``, their migrations in ``migrations``, the ``conversations`` command in ``cli`` and
+``elevenlabs backfill`` in ``cli_backfill``, each named in pyproject.toml.
 """
 
 from handlers.elevenlabs import report
 from handlers.elevenlabs.audio import store_audio
+from handlers.elevenlabs.backfill import reconcile_interval, reconcile_periodically
 from handlers.elevenlabs.call_failure import store_call_failure
 from handlers.elevenlabs.tables import SOURCE
 from handlers.elevenlabs.transcription import store_transcription
@@ -30,3 +33,4 @@ for notice in (VOICE_REMOVAL_NOTICE, VOICE_REMOVAL_NOTICE_WITHDRAWN, VOICE_REMOV
 blueprint.report(report.conversations_table)
 blueprint.report(report.call_failures_table)
 blueprint.report(report.notices_table)
+blueprint.periodic(reconcile_interval, reconcile_periodically)

@@ -171,6 +171,24 @@ class WorkspaceNotice(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class ReconcileTurn(SQLModel, table=True):
+    """Whose turn it is to reconcile with the ElevenLabs API, across every process on the store.
+
+    One row per task (``name``). A process runs the task only if it moves ``due_at`` forward in
+    a single conditional UPDATE (``... WHERE due_at <= now``): the database lets exactly one
+    process win each interval, however many workers share it.
+    """
+
+    __tablename__ = "elevenlabs_reconcile_turns"
+
+    name: str = Field(primary_key=True, max_length=64)
+    due_at: datetime = Field(sa_type=UTCDateTime)
+    holder: str | None = Field(default=None, max_length=256)
+    claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    summary: dict[str, Any] | None = _json()
+
+
 # -- helpers shared by the handlers ---------------------------------------------------------
 
 ModelT = TypeVar("ModelT")
