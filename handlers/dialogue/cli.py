@@ -118,7 +118,8 @@ def dialogue_submit(
 
     script, _ = _checked(path, provider.value, as_json=as_json)
     attribute, variable = KEY_SETTINGS[provider.value]
-    if getattr(Settings(), attribute) is None:
+    key = getattr(Settings(), attribute)
+    if key is None or not key.get_secret_value():
         raise fail(f"{variable} is not set: cannot submit to {provider.value}", code=2)
     services = load_services()
     try:

@@ -60,7 +60,7 @@ class NotConfigured(ProviderRefused):
 def _key(settings: Settings, provider: str) -> str:
     names = {"kie": "kie_api_key", "elevenlabs": "elevenlabs_api_key", "sonna": "sonna_api_key"}
     secret = getattr(settings, names[provider])
-    if secret is None:
+    if secret is None or not secret.get_secret_value():
         setting = "VOICEHOOKS_" + names[provider].upper()
         raise NotConfigured(provider, "not_configured", f"{setting} is not set")
     return str(secret.get_secret_value())
