@@ -94,27 +94,30 @@ def test_submit_refuses_with_exit_2_and_sends_nothing(
     """The fakes are running and the keys are set: only the checks stand in the way."""
     kie, eleven, sonna = KieFake(), ElevenLabsDialogueFake(), SonnaFake()
     database = f"sqlite:///{tmp_path / 'v.db'}"
-    with serving(kie.app()) as kie_url, serving(eleven.app()) as el_url:
-        with serving(sonna.app()) as sonna_url:
-            env = {
-                "VOICEHOOKS_DATABASE_URL": database,
-                "VOICEHOOKS_DATA_DIR": str(tmp_path / "data"),
-                "VOICEHOOKS_KIE_API_KEY": kie.api_key,
-                "VOICEHOOKS_KIE_BASE_URL": kie_url,
-                "VOICEHOOKS_ELEVENLABS_API_KEY": eleven.api_key,
-                "VOICEHOOKS_ELEVENLABS_BASE_URL": el_url,
-                "VOICEHOOKS_SONNA_API_KEY": sonna.api_key,
-                "VOICEHOOKS_SONNA_BASE_URL": sonna_url,
-            }
-            path = write_script(tmp_path, **extra)
-            runner = CliRunner()
-            checked = runner.invoke(app, ["dialogue", "check", str(path), "-p", provider], env=env)
-            submitted = runner.invoke(
-                app, ["dialogue", "submit", str(path), "-p", provider, "--wait"], env=env
-            )
-            as_json = runner.invoke(
-                app, ["dialogue", "check", str(path), "-p", provider, "--json"], env=env
-            )
+    with (
+        serving(kie.app()) as kie_url,
+        serving(eleven.app()) as el_url,
+        serving(sonna.app()) as sonna_url,
+    ):
+        env = {
+            "VOICEHOOKS_DATABASE_URL": database,
+            "VOICEHOOKS_DATA_DIR": str(tmp_path / "data"),
+            "VOICEHOOKS_KIE_API_KEY": kie.api_key,
+            "VOICEHOOKS_KIE_BASE_URL": kie_url,
+            "VOICEHOOKS_ELEVENLABS_API_KEY": eleven.api_key,
+            "VOICEHOOKS_ELEVENLABS_BASE_URL": el_url,
+            "VOICEHOOKS_SONNA_API_KEY": sonna.api_key,
+            "VOICEHOOKS_SONNA_BASE_URL": sonna_url,
+        }
+        path = write_script(tmp_path, **extra)
+        runner = CliRunner()
+        checked = runner.invoke(app, ["dialogue", "check", str(path), "-p", provider], env=env)
+        submitted = runner.invoke(
+            app, ["dialogue", "submit", str(path), "-p", provider, "--wait"], env=env
+        )
+        as_json = runner.invoke(
+            app, ["dialogue", "check", str(path), "-p", provider, "--json"], env=env
+        )
     assert checked.exit_code == 2 and submitted.exit_code == 2, submitted.output
     assert f"error: {code}:" in checked.output and f"error: {code}:" in submitted.output
     assert json.loads(as_json.stdout)["errors"][0]["code"] == code
