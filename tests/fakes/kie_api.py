@@ -50,6 +50,7 @@ class KieFake:
     created: list[dict[str, Any]] = field(default_factory=list)
     record_calls: Counter[str] = field(default_factory=Counter)
     callbacks_sent: list[tuple[str, int]] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
     create_answers: Scripted = field(default_factory=Scripted)
     record_answers: Scripted = field(default_factory=Scripted)
     _recent: deque[float] = field(default_factory=deque)
@@ -170,6 +171,7 @@ class KieFake:
         return JSONResponse({"code": 200, "msg": "success", "data": self.record(task_id)})
 
     async def file(self, request: Request) -> Response:
+        self.downloads.append(request.path_params["name"])
         task_id = request.path_params["name"].removesuffix(".mp3")
         if task_id not in self.tasks:
             return Response(b"not found", status_code=404)
