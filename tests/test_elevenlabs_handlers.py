@@ -358,9 +358,7 @@ def test_failure_after_writing_rolls_the_turns_back(
         if ctx.attempt == 1:
             raise RuntimeError("worker lost after writing")
 
-    registry = Registry.of(
-        [HandlerSpec("elevenlabs", "post_call_transcription", crash_first_attempt)]
-    )
+    registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", crash_first_attempt)])
     # A retry delay long enough that the first drain cannot run the retry as well.
     settings = make_settings(
         database_url, tmp_path / "data", job_retry_base_seconds=0.4, job_retry_max_seconds=0.4

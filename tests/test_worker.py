@@ -129,9 +129,7 @@ def test_handler_writes_commit_with_completion_and_roll_back_on_error(
     settings = make_settings(database_url, tmp_path / "d", job_retry_base_seconds=60)
     services = services_factory(
         settings,
-        Registry.of(
-            [HandlerSpec("elevenlabs", "post_call_transcription", writes_then_maybe_fails)]
-        ),
+        Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", writes_then_maybe_fails)]),
     )
     side_effects.create(services.engine)
     store(services)
