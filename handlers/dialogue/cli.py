@@ -148,13 +148,16 @@ def _wait(services: Any, render_id: int, *, quiet: bool) -> dict[str, Any]:
 
     from handlers.dialogue import store
     from receiver import jobs
-    from receiver.cli.output import err_console
+    from receiver.cli.output import err_console, literal
 
     render = store.get(services.engine, str(render_id))
     assert render is not None
     delivery_id = render["delivery_id"]
     status = Status(f"render {render_id}: queued", console=err_console)
-    if not quiet:
+    # A terminal gets a live status line; a log or pipe gets one line per change of state.
+    live = not quiet and err_console.is_terminal
+    said = ""
+    if live:
         status.start()
     try:
         while True:
@@ -173,6 +176,9 @@ def _wait(services: Any, render_id: int, *, quiet: bool) -> dict[str, Any]:
             if wait_for is not None and wait_for >= 1:
                 what += f", next check in {wait_for:.0f} s"
             status.update(what)
+            if not quiet and not live and render["state"] != said:
+                said = render["state"]
+                err_console.print(literal(what.split(", next check")[0]))
             time.sleep(min(WAIT_INTERVAL_SECONDS, wait_for or WAIT_INTERVAL_SECONDS))
     finally:
         status.stop()
