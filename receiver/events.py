@@ -118,3 +118,25 @@ class PermanentFailure(Exception):
     def __init__(self, message: str, *, keep_writes: bool = False) -> None:
         super().__init__(message)
         self.keep_writes = keep_writes
+
+
+class RetryLater(Exception):
+    """Raise when retrying will help, but not before ``delay`` seconds: a provider that answered
+    429 with ``Retry-After``, or 503 while it is busy. The job is retried like after any other
+    exception (its writes rolled back, an attempt used up), only never sooner than ``delay``,
+    even when the exponential backoff would come back earlier."""
+
+    def __init__(self, message: str, *, delay: float) -> None:
+        super().__init__(message)
+        self.delay = max(0.0, delay)
+
+
+class RunAgainLater(Exception):
+    """Raise when the job did its part for now and must look again later (a provider's task is
+    still running, so its state is polled every few seconds). Not a failure: the handler's
+    writes commit, the job goes back to ``pending`` due in ``delay`` seconds, and its attempts
+    start again from zero, so a long wait never uses up the retries that real errors need."""
+
+    def __init__(self, delay: float, reason: str = "not finished yet") -> None:
+        super().__init__(reason)
+        self.delay = max(0.0, delay)

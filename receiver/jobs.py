@@ -26,7 +26,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Column, Engine, Table, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlmodel import Session
 
 from receiver.registry import Registry
@@ -34,6 +46,7 @@ from receiver.sources.base import Authenticity, Identity
 from receiver.store.db import writer
 from receiver.store.models import Delivery, Job, JobStatus
 from receiver.store.types import utcnow
+from receiver.wakeup import CHANNEL as WAKEUP_CHANNEL
 
 deliveries_table: Table = Delivery.__table__  # type: ignore[attr-defined]  # SQLModel adds it
 jobs_table: Table = Job.__table__  # type: ignore[attr-defined]  # SQLModel adds it
@@ -390,9 +403,13 @@ class ClaimedJob:
     lease_token: str
 
 
-def claim(engine: Engine, lease_seconds: float) -> ClaimedJob | None:
+def claim(
+    engine: Engine, lease_seconds: float, *, delivery_id: int | None = None
+) -> ClaimedJob | None:
     """Take the oldest due job: pending and due, or running with an expired lease (its worker
-    died). Postgres skips rows other workers hold; SQLite serialises writers anyway."""
+    died). Postgres skips rows other workers hold; SQLite serialises writers anyway.
+    ``delivery_id`` limits the claim to that delivery's jobs (a command waiting for its own
+    submission runs it, and nobody else's work)."""
     now = utcnow()
     token = secrets.token_hex(16)
     due = or_(
@@ -404,6 +421,7 @@ def claim(engine: Engine, lease_seconds: float) -> ClaimedJob | None:
             jobs_table.c.id, jobs_table.c.delivery_id, jobs_table.c.handler, jobs_table.c.attempts
         )
         .where(due)
+        .where(true() if delivery_id is None else jobs_table.c.delivery_id == delivery_id)
         .order_by(jobs_table.c.run_at)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -432,12 +450,28 @@ def _guarded(job: ClaimedJob) -> Any:
     )
 
 
-def complete(session: Session, job: ClaimedJob, *, dead_because: str | None = None) -> bool:
-    """Mark the job done (or dead, keeping the handler's writes) in the handler's own
-    transaction and commit: the handler's writes and the job's end are one transaction.
-    False when the lease was lost; the handler's writes are then rolled back."""
+def complete(
+    session: Session,
+    job: ClaimedJob,
+    *,
+    dead_because: str | None = None,
+    again_in: float | None = None,
+) -> bool:
+    """Mark the job done (or dead, keeping the handler's writes; or, ``again_in``, pending again
+    after that many seconds with fresh attempts: a poll that found its task still running) in
+    the handler's own transaction and commit: the handler's writes and the job's next state
+    are one transaction. False when the lease was lost; the handler's writes are then rolled
+    back."""
     values: dict[str, object] = {"finished_at": utcnow(), "lease_until": None}
-    if dead_because is None:
+    if again_in is not None:
+        values = {
+            "status": JobStatus.pending,
+            "run_at": utcnow() + timedelta(seconds=again_in),
+            "attempts": 0,
+            "lease_until": None,
+            "last_error": None,
+        }
+    elif dead_because is None:
         values |= {"status": JobStatus.done, "last_error": None}
     else:
         values |= {"status": JobStatus.dead, "last_error": dead_because[:MAX_ERROR_CHARS]}
@@ -507,6 +541,50 @@ def stored_subjects(
                 .distinct()
             ).scalars()
         )
+
+
+def store_local_delivery(conn: Connection, registry: Registry, item: IncomingDelivery) -> Receipt:
+    """Store a delivery made on this machine (a command's submission, not an HTTP request) and
+    a pending job per handler routed to, in the caller's transaction, so the caller's own rows
+    (a dialogue render) commit atomically with the work that will act on them.
+
+    The HTTP path goes through the inbox's group-committed batches; this is the one-at-a-time
+    form for submissions, which are rare and want to share a transaction. On Postgres the
+    wake-up ``NOTIFY`` is sent in the same transaction, so listeners hear of it on commit.
+    A key that exists already answers with its id and adds no job, as the inbox does.
+    """
+    existing = conn.execute(
+        select(deliveries_table.c.id).where(
+            deliveries_table.c.source == item.source,
+            deliveries_table.c.dedupe_key == item.identity.dedupe_key,
+        )
+    ).scalar()
+    if existing is not None:
+        return Receipt(existing, True, 0)
+    delivery_id = conn.execute(
+        insert(deliveries_table).values(**item.row()).returning(deliveries_table.c.id)
+    ).scalar_one()
+    names = [spec.name for spec in registry.handlers_for(item.source, item.identity.event_type)]
+    if item.identity.parse_error is not None:
+        names = []
+    if names:
+        conn.execute(
+            insert(jobs_table),
+            [
+                {
+                    "delivery_id": delivery_id,
+                    "handler": name,
+                    "status": JobStatus.pending,
+                    "attempts": 0,
+                    "run_at": item.received_at,
+                    "created_at": item.received_at,
+                }
+                for name in names
+            ],
+        )
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"NOTIFY {WAKEUP_CHANNEL}")
+    return Receipt(delivery_id, False, len(names))
 
 
 # -- operators: requeue, and what they look at ------------------------------------------------
@@ -688,6 +766,16 @@ def dead_jobs(engine: Engine) -> list[dict[str, Any]]:
             .order_by(jobs_table.c.id)
         ).all()
     return [dict(row._mapping) for row in rows]
+
+
+def next_run_at(engine: Engine, delivery_id: int) -> datetime | None:
+    """When the delivery's next pending job is due (None: none is pending)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(func.min(jobs_table.c.run_at)).where(
+                jobs_table.c.delivery_id == delivery_id, jobs_table.c.status == JobStatus.pending
+            )
+        ).scalar()
 
 
 def delivery_job_states(engine: Engine, delivery_id: int) -> set[str]:

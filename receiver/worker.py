@@ -29,7 +29,14 @@ from sqlmodel import Session
 
 from receiver import jobs, metrics
 from receiver.body import ReceivedBody
-from receiver.events import Event, HandlerContext, PeriodicContext, PermanentFailure
+from receiver.events import (
+    Event,
+    HandlerContext,
+    PeriodicContext,
+    PermanentFailure,
+    RetryLater,
+    RunAgainLater,
+)
 from receiver.inbox import Inbox
 from receiver.jobs import ClaimedJob
 from receiver.registry import PeriodicSpec, Registry
@@ -150,21 +157,22 @@ class Worker:
                 log.exception("periodic_task_failed", task=spec.name)
             await anyio.sleep(interval)
 
-    async def drain(self) -> int:
-        """Run due jobs until none is left (CLI and tests); returns how many ran."""
+    async def drain(self, delivery_id: int | None = None) -> int:
+        """Run due jobs until none is left (CLI and tests); returns how many ran.
+        ``delivery_id``: only that delivery's jobs."""
         timeout = httpx.Timeout(30.0, connect=10.0)
         count = 0
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
             self._http = http
-            while (job := self.claim()) is not None:
+            while (job := self.claim(delivery_id)) is not None:
                 await self.execute(job)
                 count += 1
         return count
 
     # -- claim --------------------------------------------------------------------------------
 
-    def claim(self) -> ClaimedJob | None:
-        return jobs.claim(self.engine, self.settings.job_lease_seconds)
+    def claim(self, delivery_id: int | None = None) -> ClaimedJob | None:
+        return jobs.claim(self.engine, self.settings.job_lease_seconds, delivery_id=delivery_id)
 
     # -- execute ------------------------------------------------------------------------------
 
@@ -213,6 +221,14 @@ class Worker:
                     completed = await anyio.to_thread.run_sync(
                         self._run_sync_handler, spec.func, event, ctx, job
                     )
+            except RunAgainLater as exc:
+                delay = exc.delay
+                completed = await anyio.to_thread.run_sync(
+                    lambda: jobs.complete(session, job, again_in=delay)
+                )
+                if completed:
+                    log.info("job_again_later", job_id=job.id, handler=job.handler, delay=delay)
+                    return "later"
             except PermanentFailure as exc:
                 if not exc.keep_writes:
                     await anyio.to_thread.run_sync(session.rollback)
@@ -266,6 +282,8 @@ class Worker:
                 self.settings.job_retry_base_seconds,
                 self.settings.job_retry_max_seconds,
             )
+            if isinstance(exc, RetryLater):  # the provider said when: never sooner
+                retry_in = max(retry_in, exc.delay)
         jobs.fail(self.engine, job, message, retry_in=retry_in)
         level = log.error if give_up else log.warning
         level(

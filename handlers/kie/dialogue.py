@@ -7,6 +7,10 @@ callback it thinks failed; our jobs retry too), so a row only ever moves forward
 may only fill descriptive fields the row is missing. A callback in the row's own state fills
 whatever is still missing, which is how a second ``success`` brings audio the first one lacked.
 
+When ``VOICEHOOKS_KIE_API_KEY`` is set, a callback is only a trigger: the task's state and result
+URLs are taken from kie.ai's ``recordInfo`` (``confirm``), since the callback's signature does not
+cover its body.
+
 On ``success`` the result URLs are downloaded at once (kie.ai says they expire within about a day),
 before anything is written through ``ctx.write``, so the SQLite write lock is never held across
 the network. A URL that has expired or does not serve audio ends the job as dead with a message
@@ -34,8 +38,10 @@ from receiver.download import (
     TooLarge,
     download_audio,
 )
-from receiver.events import Event, HandlerContext, PermanentFailure
+from receiver.events import Event, HandlerContext, PermanentFailure, RetryLater
+from receiver.sources.kie.client import KieClient
 from receiver.sources.kie.models import KieCallback
+from receiver.sources.provider_api import ProviderRefused, ProviderUnavailable
 from receiver.store.types import utcnow
 
 log = structlog.get_logger(__name__)
@@ -255,20 +261,36 @@ def _raw_record(event: Event) -> Any:
     return data
 
 
-async def record_dialogue_task(event: Event, ctx: HandlerContext) -> None:
-    """Record the task's state and, on success, its audio."""
+async def confirm(ctx: HandlerContext, task_id: str) -> tuple[KieCallback, Any]:
+    """The task as kie.ai's ``recordInfo`` reports it, in place of a callback's claims.
+
+    A callback's signature covers its task id and time, not its body: a replayed signature
+    could carry a forged state or result URLs. With ``VOICEHOOKS_KIE_API_KEY`` set the callback
+    is therefore only a trigger, and what is recorded (and downloaded) comes from kie.ai itself.
+    """
+    assert ctx.settings.kie_api_key is not None
+    client = KieClient(
+        ctx.http, ctx.settings.kie_base_url, ctx.settings.kie_api_key.get_secret_value()
+    )
     try:
-        callback: KieCallback = event.payload
-        raw_record = _raw_record(event)
-    except ValueError as exc:  # identify() lets no such body through; a replay might
-        raise PermanentFailure(f"the kie.ai callback cannot be read: {exc}") from exc
-    task_id = callback.task_id or event.subject_id
-    if not task_id:
-        raise PermanentFailure("the kie.ai callback has no taskId")
-    if not is_dialogue_model(callback.data.model):
-        log.info("kie_task_skipped", task_id=task_id, model=callback.data.model)
-        return
-    incoming = task_values(callback, task_id, raw_record, event.delivery_id)
+        callback, document = await client.record_info(task_id)
+    except ProviderRefused as exc:
+        raise PermanentFailure(
+            f"kie task {task_id}: kie.ai would not confirm the callback: {exc}"
+        ) from exc
+    except ProviderUnavailable as exc:
+        if exc.retry_after is not None:
+            raise RetryLater(str(exc), delay=exc.retry_after) from exc
+        raise
+    return callback, document.get("data")
+
+
+async def record_task(
+    ctx: HandlerContext, callback: KieCallback, raw_record: Any, task_id: str, delivery_id: int
+) -> dict[str, Any]:
+    """Record what ``callback`` (a callback's body, or a recordInfo answer) says of the task,
+    downloading its audio first when that would be recorded; returns the row afterwards."""
+    incoming = task_values(callback, task_id, raw_record, delivery_id)
     # A look outside the job's transaction: the download below must not hold SQLite's lock.
     current = await ctx.read(_load, task_id)
     if wants_audio(current, callback):
@@ -281,7 +303,7 @@ async def record_dialogue_task(event: Event, ctx: HandlerContext) -> None:
             await ctx.write(_apply_in_session, incoming)
             raise PermanentFailure(message, keep_writes=True) from exc
         incoming |= audio_values(files)
-    outcome = await ctx.write(_apply_in_session, incoming)
+    outcome, row = await ctx.write(_apply_and_load, incoming)
     log.info(
         "kie_task_recorded",
         task_id=task_id,
@@ -289,3 +311,30 @@ async def record_dialogue_task(event: Event, ctx: HandlerContext) -> None:
         outcome=outcome,
         previous=current["state"] if current else None,
     )
+    return row
+
+
+def _apply_and_load(session: Session, incoming: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    conn = session.connection()
+    outcome = apply(conn, incoming)
+    row = _load(conn, incoming["task_id"])
+    assert row is not None
+    return outcome, row
+
+
+async def record_dialogue_task(event: Event, ctx: HandlerContext) -> None:
+    """Record the task's state and, on success, its audio."""
+    try:
+        callback: KieCallback = event.payload
+        raw_record = _raw_record(event)
+    except ValueError as exc:  # identify() lets no such body through; a replay might
+        raise PermanentFailure(f"the kie.ai callback cannot be read: {exc}") from exc
+    task_id = callback.task_id or event.subject_id
+    if not task_id:
+        raise PermanentFailure("the kie.ai callback has no taskId")
+    if ctx.settings.kie_api_key is not None:
+        callback, raw_record = await confirm(ctx, task_id)
+    if not is_dialogue_model(callback.data.model):
+        log.info("kie_task_skipped", task_id=task_id, model=callback.data.model)
+        return
+    await record_task(ctx, callback, raw_record, task_id, event.delivery_id)

@@ -530,7 +530,8 @@ class AudioData(ElevenLabsModel):
 
     ``full_audio`` is optional on purpose: for a big (spooled) body the source builds this model
     from the small fields only, and the audio handler decodes the MP3 straight from the stored
-    body into the blob store, so nothing holds megabytes of base64 in memory. It is left out of ``repr`` to keep logs short.
+    body into the blob store, so nothing holds megabytes of base64 in memory. It is left out of
+    ``repr`` to keep logs short.
     """
 
     agent_id: str

@@ -1,0 +1,1 @@
+"""Alembic versions for the dialogue renders' tables (the branch ``dialogue_handlers``)."""
