@@ -116,9 +116,20 @@ class Inbox:
         self._queue.put(self._waiting.pop(loop))
 
     def accept_now(self, incoming: IncomingDelivery) -> Receipt:
-        """Store one delivery from the calling thread (in-process replay, tests)."""
+        """Store one delivery from the calling thread (in-process replay, backfill, tests).
+
+        Workers in other processes are told too (Postgres ``NOTIFY``), as after a batch: a
+        command that queues work must not leave it waiting for their next poll."""
         receipt = self._write([incoming], reuse=False)[0]
         self._notify([receipt])
+        if self._announce and receipt.jobs:
+            conn = self._new_connection()
+            try:
+                wakeup.announce(conn.dbapi_connection)
+            except Exception as exc:
+                log.warning("inbox_notify_failed", error=type(exc).__name__)
+            finally:
+                conn.close()
         return receipt
 
     # -- the writer thread -----------------------------------------------------------------

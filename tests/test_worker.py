@@ -239,6 +239,34 @@ def test_worker_in_another_process_is_woken_by_the_receivers_commit(
     assert done_at[0] - stored_at < 5
 
 
+def test_a_command_storing_through_accept_now_wakes_another_process_worker(
+    database_url,
+    tmp_path,
+    services_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    """In-process replay and backfill store with ``accept_now`` from their own thread; a worker
+    in another process must hear of it at once, not at its next poll."""
+    done_at: list[float] = []
+
+    def record(event, ctx) -> None:  # type: ignore[no-untyped-def]
+        done_at.append(time.monotonic())
+
+    registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", record)])
+    settings = make_settings(database_url, tmp_path / "d", worker_poll_seconds=30)
+    command = services_factory(settings, registry)
+    worker = services_factory(settings, registry)
+    worker.worker.start_in_thread()
+    try:
+        time.sleep(0.5)  # the worker has polled once and is now waiting
+        stored_at = time.monotonic()
+        receipt = command.inbox.accept_now(transcription("-from-a-command"))
+        wait_until(lambda: done_at, timeout=10)
+    finally:
+        worker.worker.stop()
+    assert receipt.jobs == 1
+    assert done_at[0] - stored_at < 5
+
+
 def test_retry_requeues_dead_jobs_and_adds_newly_installed_handlers(
     database_url,
     tmp_path,
