@@ -45,7 +45,7 @@ def deliveries_list(
             literal(r.event_type),
             literal(r.subject_id),
             f"{r.size:,}",
-            r.status,
+            literal(r.status),
         )
     console.print(table)
 
@@ -68,9 +68,9 @@ def deliveries_show(delivery_id: int, as_json: JsonFlag = False) -> None:
         table.add_row(
             str(job["id"]),
             literal(job["handler"]),
-            job["status"],
+            literal(job["status"]),
             str(job["attempts"]),
-            job["run_at"],
+            literal(job["run_at"]),
             short(job["last_error"] or "", 200),
         )
     console.print(table)
@@ -120,7 +120,8 @@ def deliveries_export(
         services.close()
     where = "stdout" if str(output) == "-" else str(output)
     err_console.print(
-        f"delivery {delivery_id} ({info['source']} {info['event_type'] or '-'}): "
-        f"{info['size']:,} bytes, sha256 {info['sha256']} -> {where}",
-        highlight=False,
+        literal(
+            f"delivery {delivery_id} ({info['source']} {info['event_type'] or '-'}): "
+            f"{info['size']:,} bytes, sha256 {info['sha256']} -> {where}"
+        )
     )
