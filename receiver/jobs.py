@@ -23,7 +23,7 @@ import random
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Column, Engine, Table, and_, func, insert, or_, select, update
@@ -676,3 +676,94 @@ def delivery_job_states(engine: Engine, delivery_id: int) -> set[str]:
                 select(jobs_table.c.status).where(jobs_table.c.delivery_id == delivery_id)
             ).scalars()
         )
+
+
+# -- monitoring and retention ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backlog:
+    pending: int
+    dead: int
+    oldest_pending_seconds: float
+
+
+def backlog(engine: Engine) -> Backlog:
+    """What ``/metrics`` reports at scrape time: one aggregate over the ``(status, run_at)``
+    index's pending and dead entries, not a scan of finished jobs."""
+    is_pending = jobs_table.c.status == JobStatus.pending
+    with engine.connect() as conn:
+        pending, dead, oldest = conn.execute(
+            select(
+                func.count().filter(is_pending),
+                func.count().filter(jobs_table.c.status == JobStatus.dead),
+                func.min(jobs_table.c.created_at).filter(is_pending),
+            ).where(jobs_table.c.status.in_([JobStatus.pending, JobStatus.dead]))
+        ).one()
+    if isinstance(oldest, str):  # in case a driver hands the aggregate back as text
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    age = max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0
+    return Backlog(pending=pending, dead=dead, oldest_pending_seconds=age)
+
+
+@dataclass
+class Pruned:
+    """What ``prune_deliveries`` did (or, dry, would do)."""
+
+    deliveries: int = 0
+    bytes: int = 0
+    # Blob files no remaining delivery refers to: the caller deletes them after the commit.
+    blob_paths: list[str] = field(default_factory=list)
+
+
+def _prunable(cutoff: datetime) -> Any:
+    """Deliveries received before ``cutoff``, not yet pruned, with no job left unfinished."""
+    unfinished = (
+        select(jobs_table.c.id)
+        .where(jobs_table.c.delivery_id == deliveries_table.c.id)
+        .where(jobs_table.c.status != JobStatus.done)
+    )
+    return (
+        select(deliveries_table.c.id, deliveries_table.c.size, deliveries_table.c.blob_path)
+        .where(deliveries_table.c.received_at < cutoff)
+        .where(deliveries_table.c.pruned_at.is_(None))
+        .where(~unfinished.exists())
+    )
+
+
+def prune_deliveries(engine: Engine, cutoff: datetime, *, dry_run: bool = False) -> Pruned:
+    """Forget the bodies of old deliveries whose jobs are all done, keeping their rows.
+
+    The row stays (id, type, subject, sha256, size, jobs: the audit trail) with ``pruned_at``
+    set; only ``body`` and ``blob_path`` go. Blobs that a delivery still keeping its body refers
+    to are not listed for deletion. What handlers stored in their own tables is not touched.
+    """
+    pruned = Pruned()
+    with writer(engine).begin() as conn:
+        rows = conn.execute(_prunable(cutoff)).all()
+        if not rows:
+            return pruned
+        ids = [row.id for row in rows]
+        pruned.deliveries = len(rows)
+        pruned.bytes = sum(row.size for row in rows)
+        paths = {row.blob_path for row in rows if row.blob_path}
+        if paths:
+            kept = conn.execute(
+                select(deliveries_table.c.blob_path)
+                .where(deliveries_table.c.blob_path.in_(paths))
+                .where(deliveries_table.c.id.not_in(ids))
+            ).scalars()
+            pruned.blob_paths = sorted(paths - set(kept))
+        if dry_run:
+            conn.rollback()
+            return pruned
+        now = utcnow()
+        for chunk in _chunks(ids):
+            conn.execute(
+                update(deliveries_table)
+                .where(deliveries_table.c.id.in_(chunk))
+                .values(body=None, blob_path=None, pruned_at=now)
+            )
+    return pruned

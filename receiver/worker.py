@@ -32,6 +32,7 @@ from receiver.body import ReceivedBody
 from receiver.events import Event, HandlerContext, PermanentFailure
 from receiver.jobs import ClaimedJob
 from receiver.registry import Registry
+from receiver.retention import prune_daily
 from receiver.settings import Settings
 from receiver.sources.base import Source
 from receiver.store.blobs import BlobStore
@@ -100,9 +101,14 @@ class Worker:
         try:
             async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
                 self._http = http
-                async with anyio.create_task_group() as tasks:
-                    for _ in range(max(1, self.settings.worker_concurrency)):
-                        tasks.start_soon(self._loop_forever)
+                async with anyio.create_task_group() as background:
+                    if self.settings.retention_days is not None:
+                        days = self.settings.retention_days
+                        background.start_soon(prune_daily, self.engine, self.blobs, days)
+                    async with anyio.create_task_group() as tasks:
+                        for _ in range(max(1, self.settings.worker_concurrency)):
+                            tasks.start_soon(self._loop_forever)
+                    background.cancel_scope.cancel()
         finally:
             await anyio.to_thread.run_sync(watcher.stop)
 
