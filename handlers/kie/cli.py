@@ -30,12 +30,11 @@ def tasks_list(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List recorded dialogue tasks."""
-    from rich.markup import escape
+    """List recorded dialogue tasks (a failed audio download shows as "error")."""
     from rich.table import Table
 
     from handlers.kie.tables import list_tasks
-    from receiver.cli.output import console, print_json
+    from receiver.cli.output import console, literal, print_json
     from receiver.cli.store import load_services
 
     services = load_services()
@@ -47,23 +46,26 @@ def tasks_list(
         print_json(tasks)
         return
     table = Table("task", "state", "model", "turns", "updated", "audio")
+    # Ids are what people copy into `tasks show`: they fold, never get cut.
+    table.columns[0].overflow = "fold"
+    table.columns[2].overflow = "fold"
     for task in tasks:
-        audio = task["audio_blob_path"] or ("error" if task["audio_error"] else "-")
+        audio = "stored" if task["audio_blob_path"] else ("error" if task["audio_error"] else "-")
         table.add_row(
-            escape(task["task_id"]),
-            escape(task["state"]),
-            escape(task["model"] or "-"),
+            literal(task["task_id"]),
+            literal(task["state"]),
+            literal(task["model"]),
             str(len(_turns(task))),
             (task["updated_at"] or "")[:19].replace("T", " "),
-            audio,
+            literal(audio),
         )
     console.print(table)
 
 
 @tasks_app.command("show")
 def tasks_show(task_id: str, as_json: JsonFlag = False) -> None:
-    """Show one task: state, dialogue turns, result URLs, failure and the stored audio."""
-    from rich.markup import escape
+    """Show one task: state, dialogue turns, result URLs, the download's error, the audio."""
+    from rich.text import Text
 
     from handlers.kie.tables import get_task
     from receiver.cli.output import console, fail, print_json
@@ -88,12 +90,12 @@ def tasks_show(task_id: str, as_json: JsonFlag = False) -> None:
     skip = {"dialogue", "result_urls", "raw_record", "audio_files"}
     for key, value in task.items():
         if key not in skip and value is not None:
-            console.print(f"[bold]{key}[/bold]: {escape(str(value))}", highlight=False)
+            console.print(Text.assemble((key, "bold"), ": ", str(value)), soft_wrap=True)
     turns = _turns(task)
     if turns:
-        console.print(f"[bold]dialogue[/bold] ({len(turns)} turns):", highlight=False)
+        console.print(Text.assemble(("dialogue", "bold"), f" ({len(turns)} turns):"))
         for turn in turns:
-            line = f"{turn.get('voice') or '?'}: {turn.get('text') or ''}"
-            console.print(f"  {escape(line)}", highlight=False)
+            console.print(Text(f"  {turn.get('voice') or '?'}: {turn.get('text') or ''}"))
+    # Printed whole on their own lines (soft wrap): a URL must stay copyable at any width.
     for url in task.get("result_urls") or []:
-        console.print(f"[bold]result url[/bold]: {escape(url)}", highlight=False)
+        console.print(Text.assemble(("result url", "bold"), ": ", str(url)), soft_wrap=True)
