@@ -767,3 +767,56 @@ def prune_deliveries(engine: Engine, cutoff: datetime, *, dry_run: bool = False)
                 .values(body=None, blob_path=None, pruned_at=now)
             )
     return pruned
+
+
+@dataclass
+class UnfinishedDelivery:
+    """A delivery whose jobs have not all finished well, with what its handlers last said."""
+
+    id: int
+    subject_id: str | None
+    received_at: datetime
+    body: bytes | None
+    blob_path: str | None
+    job_status: str
+    last_error: str | None
+
+
+def unfinished_deliveries(engine: Engine, source: str, *, limit: int = 200) -> list[Any]:
+    """Deliveries of ``source`` with a job still pending, running or dead, newest first.
+
+    What a plugin's admin view needs to show a subject whose handler has not recorded it yet
+    (a download still retrying, or dead before anything was written): the stored evidence, with
+    the worst job state and that job's last error.
+    """
+    unfinished = jobs_table.c.status != JobStatus.done
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                deliveries_table.c.id,
+                deliveries_table.c.subject_id,
+                deliveries_table.c.received_at,
+                deliveries_table.c.body,
+                deliveries_table.c.blob_path,
+                jobs_table.c.status,
+                jobs_table.c.last_error,
+            )
+            .join(jobs_table, jobs_table.c.delivery_id == deliveries_table.c.id)
+            .where(deliveries_table.c.source == source)
+            .where(unfinished)
+            .order_by(deliveries_table.c.id.desc(), jobs_table.c.id)
+            .limit(limit)
+        ).all()
+    seen: dict[int, UnfinishedDelivery] = {}
+    for row in rows:
+        if row.id not in seen:
+            seen[row.id] = UnfinishedDelivery(
+                row.id,
+                row.subject_id,
+                row.received_at,
+                row.body,
+                row.blob_path,
+                row.status,
+                row.last_error,
+            )
+    return list(seen.values())

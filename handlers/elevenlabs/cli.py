@@ -186,6 +186,7 @@ def render_list(rows: list[dict[str, Any]]) -> Table:
     table = Table(
         "conversation", "agent", "status", "start (UTC)", "duration", "successful", "audio"
     )
+    table.columns[0].overflow = table.columns[1].overflow = "fold"  # ids are never cut
     for r in rows:
         table.add_row(
             literal(r["conversation_id"]),

@@ -18,6 +18,15 @@ tasks_app = typer.Typer(
 )
 
 
+def audio_word(task: dict[str, Any]) -> str:
+    """The audio column: stored, an error, a download still being retried, or nothing."""
+    if task["audio_blob_path"]:
+        return "stored"
+    if task.get("job_status") in ("pending", "running"):
+        return "retrying" if task["audio_error"] else "pending"
+    return "error" if task["audio_error"] else "-"
+
+
 def _turns(task: dict[str, Any]) -> list[dict[str, Any]]:
     return [t for t in task.get("dialogue") or [] if isinstance(t, dict)]
 
@@ -33,13 +42,19 @@ def tasks_list(
     """List recorded dialogue tasks (a failed audio download shows as "error")."""
     from rich.table import Table
 
+    from handlers.kie.callbacks import pending_tasks
     from handlers.kie.tables import list_tasks
     from receiver.cli.output import console, literal, print_json
     from receiver.cli.store import load_services
 
     services = load_services()
     try:
-        tasks = list_tasks(services.engine, limit=limit, state=state)
+        # Tasks whose handler has not written them yet come first: they are the newest, and
+        # their result URLs expire.
+        waiting = pending_tasks(services.engine, services.blobs)
+        tasks = [t for t in waiting if state is None or t["state"] == state]
+        tasks += list_tasks(services.engine, limit=limit, state=state)
+        tasks = tasks[:limit]
     finally:
         services.close()
     if as_json:
@@ -50,7 +65,7 @@ def tasks_list(
     table.columns[0].overflow = "fold"
     table.columns[2].overflow = "fold"
     for task in tasks:
-        audio = "stored" if task["audio_blob_path"] else ("error" if task["audio_error"] else "-")
+        audio = audio_word(task)
         table.add_row(
             literal(task["task_id"]),
             literal(task["state"]),
@@ -67,6 +82,7 @@ def tasks_show(task_id: str, as_json: JsonFlag = False) -> None:
     """Show one task: state, dialogue turns, result URLs, the download's error, the audio."""
     from rich.text import Text
 
+    from handlers.kie.callbacks import pending_tasks
     from handlers.kie.tables import get_task
     from receiver.cli.output import console, fail, print_json
     from receiver.cli.store import load_services
@@ -74,6 +90,9 @@ def tasks_show(task_id: str, as_json: JsonFlag = False) -> None:
     services = load_services()
     try:
         task = get_task(services.engine, task_id)
+        if task is None:  # known only from its stored callback so far
+            waiting = pending_tasks(services.engine, services.blobs)
+            task = next((t for t in waiting if t["task_id"] == task_id), None)
         audio_file = (
             str(services.blobs.path(task["audio_blob_path"]))
             if task and task["audio_blob_path"]

@@ -37,6 +37,8 @@ def deliveries_list(
         print_json([r.as_dict() for r in rows])
         return
     table = Table("id", "received", "source", "type", "subject", "size", "status")
+    for column in table.columns[2:5]:  # ids and names fold onto more lines, never get cut
+        column.overflow = "fold"
     for r in rows:
         table.add_row(
             str(r.id),

@@ -32,7 +32,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)
-        hint = " (is another voicehooks running? use --port)" if exc.errno == errno.EADDRINUSE else ""
+        hint = (
+            " (is another voicehooks running? use --port)" if exc.errno == errno.EADDRINUSE else ""
+        )
         raise fail(f"cannot listen on {host}:{port}: {reason}{hint}") from None
     sock.set_inheritable(True)
     return sock

@@ -33,7 +33,11 @@ def serve(
     # Everything that can be wrong is found before serving: the port, then the settings and
     # the store (each one line). The store is migrated here, so start-up cannot fail later.
     sock = listen.bind(host, port)
-    services = open_services(settings, create=True, migrate=settings.migrate_on_start)
+    try:
+        services = open_services(settings, create=True, migrate=settings.migrate_on_start)
+    except BaseException:
+        sock.close()
+        raise
     services.settings = settings.model_copy(update={"migrate_on_start": False})
     store = masked_url(settings.database_url)
     console.print(literal(f"voicehooks store: {store} (data: {settings.data_dir})"))
