@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from receiver.cli.output import fail, masked_url
 from receiver.logging import configure as configure_logging
-from receiver.registry import PluginError
+from receiver.registry import PluginError, load_registry
 from receiver.service import Services
 from receiver.settings import Settings
 
@@ -61,6 +61,10 @@ def open_services(settings: Settings, *, create: bool = False, migrate: bool = T
     Without ``create``, an SQLite store that does not exist is an error that says where it
     was looked for, instead of a new empty store.
     """
+    try:  # settings first (exit 2), then the store (exit 1)
+        registry = load_registry(settings.plugins)
+    except PluginError as exc:
+        raise fail(str(exc), code=2) from None
     path = sqlite_path(settings.database_url)
     if not create and path is not None and not path.exists():
         raise fail(
@@ -69,10 +73,7 @@ def open_services(settings: Settings, *, create: bool = False, migrate: bool = T
             "or create it with `voicehooks migrate`"
         )
     check_data_dir(settings)
-    try:
-        services = Services.create(settings)
-    except PluginError as exc:
-        raise fail(str(exc), code=2) from None
+    services = Services.create(settings, registry)
     try:
         with services.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
