@@ -40,7 +40,7 @@ def serve(
         raise
     services.settings = settings.model_copy(update={"migrate_on_start": False})
     store = masked_url(settings.database_url)
-    console.print(literal(f"voicehooks store: {store} (data: {settings.data_dir})"))
+    console.print(literal(f"voicehooks store: {store} (data: {settings.data_dir})"), soft_wrap=True)
     app_ = create_app(services=services, run_worker=not no_worker)
     freeze_startup_objects()
     announcement = Text(f"voicehooks listening on http://{host}:{port}")
