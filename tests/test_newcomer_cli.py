@@ -377,3 +377,13 @@ def test_retention_setting_prunes_inside_serve(
     assert rows[store["ids"]["new_shared"]].pruned_at is None
     assert rows[store["ids"]["old_dead"]].pruned_at is None
     services.close()
+
+
+def test_the_license_file_matches_pyproject() -> None:
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    assert declared == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
