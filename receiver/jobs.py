@@ -571,7 +571,9 @@ def get_delivery(engine: Engine, delivery_id: int) -> dict[str, Any] | None:
         ).all()
     info = {k: v for k, v in row._mapping.items() if k != "body"}
     info["received_at"] = row.received_at.isoformat()
-    info["body_stored"] = "blob" if row.blob_path else "inline"
+    info["body_stored"] = "pruned" if row.pruned_at else ("blob" if row.blob_path else "inline")
+    if row.pruned_at is not None:
+        info["pruned_at"] = row.pruned_at.isoformat()
     info["jobs"] = [
         {
             k: (v.isoformat() if isinstance(v, datetime) else v)

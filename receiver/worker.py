@@ -226,6 +226,8 @@ class Worker:
         source = self.sources.get(row.source)
         if source is None:
             raise PermanentFailure(f"delivery {row.id} is from unknown source {row.source!r}")
+        if row.pruned_at is not None:
+            raise PermanentFailure(f"delivery {row.id}: its body was pruned (retention)")
         if row.blob_path is not None:
             body = ReceivedBody(row.size, row.sha256, path=self.blobs.path(row.blob_path))
         else:

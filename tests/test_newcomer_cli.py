@@ -355,7 +355,11 @@ def test_prune_command(clean_env: Path, tmp_path: Path, monkeypatch: pytest.Monk
     done = runner.invoke(app, ["prune", "--older-than", "30", "--json"])
     assert json.loads(done.stdout) == {"dry_run": False, "deliveries": 3, "bytes": 13, "blobs": 1}
     shown = runner.invoke(app, ["deliveries", "show", str(store["ids"]["old_own"]), "--json"])
-    assert json.loads(shown.stdout)["pruned_at"] is not None
+    assert json.loads(shown.stdout)["body_stored"] == "pruned"
+    exported = runner.invoke(
+        app, ["deliveries", "export", str(store["ids"]["old_own"]), "-o", str(tmp_path / "x")]
+    )
+    assert exported.exit_code == 1 and "its body was pruned on" in exported.output
     again = runner.invoke(app, ["prune", "--older-than", "30"])
     assert re.match(r"pruned 0 delivery bodies", again.output)
 
