@@ -70,8 +70,9 @@ def configure(level: str = "info") -> None:
         )
     )
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in list(root.handlers):  # ours from an earlier call; others' (pytest's) stay
+        if isinstance(old, _StderrHandler):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
     for name in CHATTY_LOGGERS:
