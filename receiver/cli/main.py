@@ -52,7 +52,6 @@ def _root(
 
 def build_app() -> typer.Typer:
     app = typer.Typer(
-        help="Durable webhook receiver for ElevenLabs and kie.ai.",
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         add_completion=True,
