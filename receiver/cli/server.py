@@ -33,6 +33,7 @@ def serve(
     # Everything that can be wrong is found before serving: the port, then the settings and
     # the store (each one line). The store is migrated here, so start-up cannot fail later.
     sock = listen.bind(host, port)
+    port = sock.getsockname()[1]  # the one the system chose for --port 0
     try:
         services = open_services(settings, create=True, migrate=settings.migrate_on_start)
     except BaseException:
