@@ -1,4 +1,5 @@
-# voicehooks webhook receiver. Data (SQLite database, stored payloads) lives in /data.
+# voicehooks webhook receiver. Data (SQLite database, stored payloads) lives in /data,
+# owned by uid 10001 (see README, Docker, for bind mounts).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,10 +16,15 @@ RUN groupadd --system --gid 10001 voicehooks \
     && chown voicehooks:voicehooks /data
 
 WORKDIR /src
+# Dependencies from the lock file only, each checked against its hash: the same versions on
+# every build (bash scripts/lock.sh regenerates it from pyproject.toml). The lock includes
+# setuptools, so the project itself builds without fetching anything unpinned.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY receiver/ receiver/
 COPY handlers/ handlers/
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 USER 10001:10001
 WORKDIR /data

@@ -7,6 +7,7 @@ The ingest endpoint is the one rule in code: authenticate (while the body stream
 from __future__ import annotations
 
 import contextlib
+import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,12 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, QueryParams
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from receiver import metrics
+from receiver import jobs, metrics
 from receiver.body import asgi_body_chunks, read_body, too_large
 from receiver.errors import WebhookError
 from receiver.inbox import IncomingDelivery, Receipt
@@ -140,6 +142,22 @@ class WebhookEndpoint:
             ) from exc
 
 
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+HTTP_ERROR_DETAILS = {
+    404: "no such endpoint",
+    405: "this endpoint does not accept that method",
+}
+
+
+def bearer_matches(headers: Headers, token: str) -> bool:
+    """``Authorization: Bearer <token>``, the scheme in any case (RFC 9110), compared in
+    constant time."""
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
 def server_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn options of ``voicehooks serve``.
 
@@ -151,6 +169,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": False,
         "server_header": False,
         "timeout_graceful_shutdown": 30,
+        # Logging is ours (receiver.logging): uvicorn's records take the same format.
+        "log_config": None,
     }
 
 
@@ -211,14 +231,25 @@ def create_app(
 
     async def metrics_endpoint(request: Request) -> Response:
         token = settings.admin_token
-        if token is not None:
-            expected = f"Bearer {token.get_secret_value()}".encode()
-            given = request.headers.get("authorization", "").encode()
-            import hmac
-
-            if not hmac.compare_digest(expected, given):
-                return WebhookError(401, "unauthorized", "metrics need the admin token").response()
+        if token is not None and not bearer_matches(request.headers, token.get_secret_value()):
+            return WebhookError(401, "unauthorized", "metrics need the admin token").response()
+        # The job gauges are read at scrape time (two cheap queries), not kept up to date.
+        try:
+            backlog = await anyio.to_thread.run_sync(jobs.backlog, services.engine)
+        except Exception as exc:
+            log.warning("metrics_backlog_unavailable", error=str(exc))
+        else:
+            metrics.set_backlog(backlog)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Not found, method not allowed...: the documented JSON shape, never plain text.
+        assert isinstance(exc, HTTPException)
+        code = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
+        detail = HTTP_ERROR_DETAILS.get(exc.status_code, str(exc.detail))
+        return JSONResponse(
+            {"error": code, "detail": detail}, status_code=exc.status_code, headers=exc.headers
+        )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled_error", path=request.url.path)
@@ -228,10 +259,16 @@ def create_app(
 
     routes = [
         Route("/webhooks/{source}", WebhookEndpoint(services), methods=["POST"]),
+        # A trailing slash is the same endpoint: providers may not follow a redirect.
+        Route("/webhooks/{source}/", WebhookEndpoint(services), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: server_error})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={Exception: server_error, HTTPException: http_error},
+    )
     app.state.services = services
     return app

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 from sqlalchemy import Engine
 
 from receiver import jobs
+from receiver.cli.output import literal, short
 from receiver.registry import Registry
 from receiver.replay import Replayer, ReplayResult
 from receiver.settings import Settings
@@ -164,11 +165,6 @@ def wait_for_jobs(engine: Engine, timeout: float, console: Console) -> dict[str,
 # -- the report -----------------------------------------------------------------------------
 
 
-def _short(value: Any, width: int = 60) -> str:
-    text = "-" if value is None else str(value)
-    return escape(text if len(text) <= width else text[: width - 1] + "…")
-
-
 def check(
     engine: Engine, results: list[ReplayResult], counts: dict[str, int], dead: list[dict[str, Any]]
 ) -> list[str]:
@@ -209,7 +205,7 @@ def print_duplicates(console: Console, results: list[ReplayResult]) -> None:
     if lines:
         console.print("Duplicates, answered with the first delivery's id:", highlight=False)
         for line in lines:
-            console.print(escape(line), highlight=False)
+            console.print(literal(line))
 
 
 def print_report(
@@ -225,9 +221,9 @@ def print_report(
         title, table = report(engine)
         console.print()
         if not table.row_count:
-            console.print(f"[bold]{title}[/bold]: none")
+            console.print(Text.assemble((title, "bold"), ": none"))
         else:
-            console.print(f"[bold]{title}[/bold] ({table.row_count})")
+            console.print(Text.assemble((title, "bold"), f" ({table.row_count})"))
             console.print(table)
     files = {r.delivery_id: r.name for r in results if r.delivery_id is not None}
     console.print()
@@ -235,15 +231,12 @@ def print_report(
     # Not a table: the error sentences are the point, and table cells would chop them up.
     for job in dead:
         name = files.get(job["delivery_id"], "?")
-        console.print(
-            f"  delivery {job['delivery_id']}  {escape(name)}  ({escape(job['handler'])})",
-            highlight=False,
-        )
+        console.print(literal(f"  delivery {job['delivery_id']}  {name}  ({job['handler']})"))
         if name in EXPECTED_DEAD:
-            console.print(f"    [green]EXPECTED[/green]: {escape(EXPECTED_DEAD[name])}")
+            console.print(Text.assemble("    ", ("EXPECTED", "green"), ": ", EXPECTED_DEAD[name]))
         else:
             console.print("    [red]UNEXPECTED[/red]")
-        console.print(f"    error: {_short(job['last_error'], 400)}", highlight=False)
+        console.print(Text.assemble("    error: ", short(job["last_error"], 400)))
     console.print()
     order = [JobStatus.done, JobStatus.dead, JobStatus.pending, JobStatus.running]
     summary = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
@@ -286,14 +279,17 @@ def run_demo(fixtures: Path, *, timeout: float, keep: bool, console: Console) ->
                 raise DemoError(f"no *.json fixtures under {fixtures}")
             with running_receiver(settings) as (url, engine, registry):
                 console.print(
-                    f"[bold]voicehooks demo[/bold]: a throwaway receiver on {url}, "
-                    f"SQLite store in {workdir}",
-                    highlight=False,
+                    Text.assemble(
+                        ("voicehooks demo", "bold"),
+                        f": a throwaway receiver on {url}, SQLite store in {workdir}",
+                    )
                 )
                 resent = f"; {RESEND} is sent twice" if any(n == RESEND for _, n in files) else ""
                 console.print(
-                    f"kie.ai result URLs are served from {audio_base} ({AUDIO_FIXTURE}){resent}.",
-                    highlight=False,
+                    literal(
+                        f"kie.ai result URLs are served from {audio_base} "
+                        f"({AUDIO_FIXTURE}){resent}."
+                    )
                 )
 
                 async def send_all() -> list[ReplayResult]:
@@ -301,7 +297,7 @@ def run_demo(fixtures: Path, *, timeout: float, keep: bool, console: Console) ->
                         return await replay_files(replayer, files, description="replaying fixtures")
 
                 results = asyncio.run(send_all())
-                console.print(f"\nReplayed from {fixtures}:", highlight=False)
+                console.print(literal(f"\nReplayed from {fixtures}:"))
                 console.print(results_table(results, width=console.width))
                 console.print(summary_line(results), highlight=False)
                 print_duplicates(console, results)
@@ -315,15 +311,16 @@ def run_demo(fixtures: Path, *, timeout: float, keep: bool, console: Console) ->
     if problems:
         console.print("[red bold]Not everything went as expected:[/red bold]")
         for problem in problems:
-            console.print(f"  - {escape(problem)}", highlight=False)
+            console.print(literal(f"  - {problem}"))
     else:
         console.print("[green bold]Everything expected happened.[/green bold]")
     if keep:
         console.print(
-            "The receiver stopped; its store was kept. Look at it with:\n"
-            f"  VOICEHOOKS_DATABASE_URL={settings.database_url} "
-            f"VOICEHOOKS_DATA_DIR={settings.data_dir} voicehooks deliveries list",
-            highlight=False,
+            literal(
+                "The receiver stopped; its store was kept. Look at it with:\n"
+                f"  VOICEHOOKS_DATABASE_URL={settings.database_url} "
+                f"VOICEHOOKS_DATA_DIR={settings.data_dir} voicehooks deliveries list"
+            ),
             soft_wrap=True,
         )
     else:

@@ -23,7 +23,7 @@ import random
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -670,7 +670,9 @@ def get_delivery(engine: Engine, delivery_id: int) -> dict[str, Any] | None:
         ).all()
     info = {k: v for k, v in row._mapping.items() if k != "body"}
     info["received_at"] = row.received_at.isoformat()
-    info["body_stored"] = "blob" if row.blob_path else "inline"
+    info["body_stored"] = "pruned" if row.pruned_at else ("blob" if row.blob_path else "inline")
+    if row.pruned_at is not None:
+        info["pruned_at"] = row.pruned_at.isoformat()
     info["jobs"] = [
         {
             k: (v.isoformat() if isinstance(v, datetime) else v)
@@ -785,3 +787,147 @@ def delivery_job_states(engine: Engine, delivery_id: int) -> set[str]:
                 select(jobs_table.c.status).where(jobs_table.c.delivery_id == delivery_id)
             ).scalars()
         )
+
+
+# -- monitoring and retention ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backlog:
+    pending: int
+    dead: int
+    oldest_pending_seconds: float
+
+
+def backlog(engine: Engine) -> Backlog:
+    """What ``/metrics`` reports at scrape time: one aggregate over the ``(status, run_at)``
+    index's pending and dead entries, not a scan of finished jobs."""
+    is_pending = jobs_table.c.status == JobStatus.pending
+    with engine.connect() as conn:
+        pending, dead, oldest = conn.execute(
+            select(
+                func.count().filter(is_pending),
+                func.count().filter(jobs_table.c.status == JobStatus.dead),
+                func.min(jobs_table.c.created_at).filter(is_pending),
+            ).where(jobs_table.c.status.in_([JobStatus.pending, JobStatus.dead]))
+        ).one()
+    if isinstance(oldest, str):  # in case a driver hands the aggregate back as text
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    age = max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0
+    return Backlog(pending=pending, dead=dead, oldest_pending_seconds=age)
+
+
+@dataclass
+class Pruned:
+    """What ``prune_deliveries`` did (or, dry, would do)."""
+
+    deliveries: int = 0
+    bytes: int = 0
+    # Blob files no remaining delivery refers to: the caller deletes them after the commit.
+    blob_paths: list[str] = field(default_factory=list)
+
+
+def _prunable(cutoff: datetime) -> Any:
+    """Deliveries received before ``cutoff``, not yet pruned, with no job left unfinished."""
+    unfinished = (
+        select(jobs_table.c.id)
+        .where(jobs_table.c.delivery_id == deliveries_table.c.id)
+        .where(jobs_table.c.status != JobStatus.done)
+    )
+    return (
+        select(deliveries_table.c.id, deliveries_table.c.size, deliveries_table.c.blob_path)
+        .where(deliveries_table.c.received_at < cutoff)
+        .where(deliveries_table.c.pruned_at.is_(None))
+        .where(~unfinished.exists())
+    )
+
+
+def prune_deliveries(engine: Engine, cutoff: datetime, *, dry_run: bool = False) -> Pruned:
+    """Forget the bodies of old deliveries whose jobs are all done, keeping their rows.
+
+    The row stays (id, type, subject, sha256, size, jobs: the audit trail) with ``pruned_at``
+    set; only ``body`` and ``blob_path`` go. Blobs that a delivery still keeping its body refers
+    to are not listed for deletion. What handlers stored in their own tables is not touched.
+    """
+    pruned = Pruned()
+    with writer(engine).begin() as conn:
+        rows = conn.execute(_prunable(cutoff)).all()
+        if not rows:
+            return pruned
+        ids = [row.id for row in rows]
+        pruned.deliveries = len(rows)
+        pruned.bytes = sum(row.size for row in rows)
+        paths = {row.blob_path for row in rows if row.blob_path}
+        if paths:
+            kept = conn.execute(
+                select(deliveries_table.c.blob_path)
+                .where(deliveries_table.c.blob_path.in_(paths))
+                .where(deliveries_table.c.id.not_in(ids))
+            ).scalars()
+            pruned.blob_paths = sorted(paths - set(kept))
+        if dry_run:
+            conn.rollback()
+            return pruned
+        now = utcnow()
+        for chunk in _chunks(ids):
+            conn.execute(
+                update(deliveries_table)
+                .where(deliveries_table.c.id.in_(chunk))
+                .values(body=None, blob_path=None, pruned_at=now)
+            )
+    return pruned
+
+
+@dataclass
+class UnfinishedDelivery:
+    """A delivery whose jobs have not all finished well, with what its handlers last said."""
+
+    id: int
+    subject_id: str | None
+    received_at: datetime
+    body: bytes | None
+    blob_path: str | None
+    job_status: str
+    last_error: str | None
+
+
+def unfinished_deliveries(engine: Engine, source: str, *, limit: int = 200) -> list[Any]:
+    """Deliveries of ``source`` with a job still pending, running or dead, newest first.
+
+    What a plugin's admin view needs to show a subject whose handler has not recorded it yet
+    (a download still retrying, or dead before anything was written): the stored evidence, with
+    the worst job state and that job's last error.
+    """
+    unfinished = jobs_table.c.status != JobStatus.done
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                deliveries_table.c.id,
+                deliveries_table.c.subject_id,
+                deliveries_table.c.received_at,
+                deliveries_table.c.body,
+                deliveries_table.c.blob_path,
+                jobs_table.c.status,
+                jobs_table.c.last_error,
+            )
+            .join(jobs_table, jobs_table.c.delivery_id == deliveries_table.c.id)
+            .where(deliveries_table.c.source == source)
+            .where(unfinished)
+            .order_by(deliveries_table.c.id.desc(), jobs_table.c.id)
+            .limit(limit)
+        ).all()
+    seen: dict[int, UnfinishedDelivery] = {}
+    for row in rows:
+        if row.id not in seen:
+            seen[row.id] = UnfinishedDelivery(
+                row.id,
+                row.subject_id,
+                row.received_at,
+                row.body,
+                row.blob_path,
+                row.status,
+                row.last_error,
+            )
+    return list(seen.values())

@@ -1,6 +1,13 @@
 """Prometheus metrics, served at ``GET /metrics``."""
 
-from prometheus_client import Counter, Histogram
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from receiver.jobs import Backlog
 
 DELIVERIES = Counter(
     "voicehooks_deliveries_total",
@@ -23,3 +30,18 @@ JOBS = Counter(
     ["handler", "result"],
 )
 JOB_SECONDS = Histogram("voicehooks_job_seconds", "Handler run time.", ["handler"])
+
+# Read from the jobs table at scrape time (receiver.jobs.backlog), so every process serving
+# /metrics reports the same shared backlog.
+JOBS_PENDING = Gauge("voicehooks_jobs_pending", "Jobs waiting to run (pending, not running).")
+JOBS_DEAD = Gauge("voicehooks_jobs_dead", "Jobs that failed for good and wait for a replay.")
+OLDEST_PENDING_SECONDS = Gauge(
+    "voicehooks_oldest_pending_job_age_seconds",
+    "Age of the oldest pending job (0 when none): how far behind the workers are.",
+)
+
+
+def set_backlog(backlog: Backlog) -> None:
+    JOBS_PENDING.set(backlog.pending)
+    JOBS_DEAD.set(backlog.dead)
+    OLDEST_PENDING_SECONDS.set(backlog.oldest_pending_seconds)

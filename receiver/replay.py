@@ -374,6 +374,10 @@ def export_delivery(
         ).first()
     if row is None:
         raise LookupError(f"no delivery with id {delivery_id}")
+    if row.pruned_at is not None:
+        raise LookupError(
+            f"delivery {delivery_id}: its body was pruned on {row.pruned_at:%Y-%m-%d} (retention)"
+        )
     digest = hashlib.sha256()
     if row.blob_path is not None:
         with open(blobs.path(row.blob_path), "rb") as fh:

@@ -1,7 +1,9 @@
 """Runtime configuration, read from the environment (prefix ``VOICEHOOKS_``).
 
 Every setting has a default that works on a fresh clone, so ``voicehooks serve`` needs no
-configuration to start. Secrets are ``SecretStr`` so they never show up in a repr or a log line.
+configuration to start. A ``.env`` file in the working directory is read too (the environment
+wins over it). Secrets are ``SecretStr`` so they never show up in a repr or a log line. Values are
+range-checked here, so a bad one stops every command with one line naming it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[SecretStr], NoDecode]
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _split_secrets(value: object) -> object:
@@ -24,7 +27,9 @@ def _split_secrets(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VOICEHOOKS_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="VOICEHOOKS_", extra="ignore", env_file=".env", env_file_encoding="utf-8"
+    )
 
     database_url: str = "sqlite:///./voicehooks.db"
     # Connections kept per process for workers, readiness checks and admin commands (as many
@@ -33,9 +38,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./voicehooks-data")
 
     elevenlabs_secrets: CommaList = Field(default_factory=list)
-    elevenlabs_tolerance_seconds: int = 1800
+    elevenlabs_tolerance_seconds: int = Field(default=1800, ge=1)
     # ElevenLabs' SDKs do not bound future timestamps; we allow a small clock skew only.
-    elevenlabs_future_skew_seconds: int = 300
+    elevenlabs_future_skew_seconds: int = Field(default=300, ge=0)
     # The ElevenLabs API (text-to-dialogue renders, conversation backfill); residency hosts
     # work by setting the base URL.
     elevenlabs_api_key: SecretStr | None = None
@@ -47,13 +52,13 @@ class Settings(BaseSettings):
 
     kie_hmac_keys: CommaList = Field(default_factory=list)
     kie_url_token: SecretStr | None = None
-    kie_tolerance_seconds: int = 1800
+    kie_tolerance_seconds: int = Field(default=1800, ge=1)
     # The kie.ai jobs API (createTask, recordInfo).
     kie_api_key: SecretStr | None = None
     kie_base_url: str = "https://api.kie.ai"
     kie_poll_seconds: float = Field(default=60, gt=0)
     # Result audio downloaded from kie.ai is refused past this size (the URL is not trusted).
-    kie_max_audio_bytes: int = 200 * 1024 * 1024
+    kie_max_audio_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
 
     # Sonna's dialogue endpoint (renders only: Sonna sends no webhooks).
     sonna_api_key: SecretStr | None = None
@@ -66,26 +71,60 @@ class Settings(BaseSettings):
     fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     fetch_allow_private: bool = False
 
-    max_body_bytes: int = 256 * 1024 * 1024
+    max_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     # Bodies up to this size stay in memory and in the delivery row; larger ones are spooled
     # to disk while they are read and kept in the blob store.
-    spool_threshold_bytes: int = 1024 * 1024
+    spool_threshold_bytes: int = Field(default=1024 * 1024, ge=0)
 
     admin_token: SecretStr | None = None
     plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    worker_concurrency: int = 4
-    worker_poll_seconds: float = 0.5
-    job_max_attempts: int = 8
-    job_retry_base_seconds: float = 2.0
-    job_retry_max_seconds: float = 3600.0
-    job_lease_seconds: float = 60.0
+    worker_concurrency: int = Field(default=4, ge=1)
+    worker_poll_seconds: float = Field(default=0.5, gt=0)
+    job_max_attempts: int = Field(default=8, ge=1)
+    job_retry_base_seconds: float = Field(default=2.0, gt=0)
+    job_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    job_lease_seconds: float = Field(default=60.0, gt=0)
 
     # Group commit: how many deliveries one inbox transaction may carry.
     inbox_max_batch: int = Field(default=256, ge=1)
 
+    # Stored bodies of deliveries older than this many days, whose jobs are done, are deleted
+    # daily by serve/worker (`voicehooks prune`); None keeps everything.
+    retention_days: float | None = Field(default=None, gt=0)
+
     migrate_on_start: bool = True
     log_level: str = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        """A URL SQLAlchemy can use, with a driver that is installed (checked without
+        connecting); the message never repeats the URL, which may hold a password."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            make_url(value).get_dialect()
+        except (NoSuchModuleError, ImportError):  # NoSuchModuleError is an ArgumentError
+            raise ValueError(
+                "unknown database or driver; use sqlite:///path/to/file.db or "
+                "postgresql+psycopg://user:password@host/dbname"
+            ) from None
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "not a database URL; use sqlite:///path/to/file.db or "
+                "postgresql+psycopg://user:password@host/dbname"
+            ) from None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("elevenlabs_secrets", "kie_hmac_keys", mode="before")
     @classmethod

@@ -40,6 +40,7 @@ from receiver.events import (
 from receiver.inbox import Inbox
 from receiver.jobs import ClaimedJob
 from receiver.registry import PeriodicSpec, Registry
+from receiver.retention import prune_daily
 from receiver.settings import Settings
 from receiver.sources.base import Source
 from receiver.store.blobs import BlobStore
@@ -108,13 +109,16 @@ class Worker:
         try:
             async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
                 self._http = http
-                async with anyio.create_task_group() as periodic:
+                async with anyio.create_task_group() as background:
                     for spec in self.registry.periodics():
-                        periodic.start_soon(self._run_periodic, spec)
+                        background.start_soon(self._run_periodic, spec)
+                    if self.settings.retention_days is not None:
+                        days = self.settings.retention_days
+                        background.start_soon(prune_daily, self.engine, self.blobs, days)
                     async with anyio.create_task_group() as tasks:
                         for _ in range(max(1, self.settings.worker_concurrency)):
                             tasks.start_soon(self._loop_forever)
-                    periodic.cancel_scope.cancel()  # the workers stopped: so do the tasks
+                    background.cancel_scope.cancel()  # the workers stopped: so do the tasks
         finally:
             await anyio.to_thread.run_sync(watcher.stop)
 
@@ -262,6 +266,8 @@ class Worker:
         source = self.sources.get(row.source)
         if source is None:
             raise PermanentFailure(f"delivery {row.id} is from unknown source {row.source!r}")
+        if row.pruned_at is not None:
+            raise PermanentFailure(f"delivery {row.id}: its body was pruned (retention)")
         if row.blob_path is not None:
             body = ReceivedBody(row.size, row.sha256, path=self.blobs.path(row.blob_path))
         else:

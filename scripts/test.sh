@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the test suite: bash scripts/test.sh [pytest args...]
 # Creates .venv if missing, installs the package with its test extras and, when
-# run as root, installs PostgreSQL (the tests start throwaway servers).
+# run as root, installs PostgreSQL (the tests start throwaway servers) and wrk (the ingest
+# benchmark's smoke test).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/venv.sh
@@ -27,6 +28,18 @@ if ! have_postgres; then
         echo "error: PostgreSQL binaries still not found after apt-get install" >&2
         exit 1
     fi
+fi
+
+# The ingest benchmark's smoke test (tests/test_bench_smoke.py) drives the receiver with wrk.
+if ! command -v wrk >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: wrk not found (tests/test_bench_smoke.py needs it)." >&2
+        echo "Install it (e.g. sudo apt-get install wrk) and run again." >&2
+        exit 1
+    fi
+    echo "installing wrk (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk
 fi
 
 status=0

@@ -67,6 +67,7 @@ def test_deliveries_commands(cli_env) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_show_unknown_delivery_is_a_clear_error(cli_env) -> None:  # type: ignore[no-untyped-def]
+    run("migrate")  # admin commands never create the store themselves (#14.4)
     result = CliRunner().invoke(app, ["deliveries", "show", "999"])
     assert result.exit_code == 1
     assert "no delivery with id 999" in result.output

@@ -28,7 +28,7 @@ from handlers.elevenlabs.tables import (
     ConversationEvaluation,
     ConversationTurn,
 )
-from receiver.cli.output import JsonFlag
+from receiver.cli.output import JsonFlag, literal
 from receiver.store.blobs import BlobStore
 
 conversations_app = typer.Typer(
@@ -186,14 +186,15 @@ def render_list(rows: list[dict[str, Any]]) -> Table:
     table = Table(
         "conversation", "agent", "status", "start (UTC)", "duration", "successful", "audio"
     )
+    table.columns[0].overflow = table.columns[1].overflow = "fold"  # ids are never cut
     for r in rows:
         table.add_row(
-            r["conversation_id"],
-            r["agent_id"] or "-",
-            r["status"] or "unknown",
+            literal(r["conversation_id"]),
+            literal(r["agent_id"]),
+            literal(r["status"] or "unknown"),
             _start(r["start_time"]),
             _clock(r["duration_secs"]),
-            r["call_successful"] or "-",
+            literal(r["call_successful"]),
             "yes" if r["audio"] else "no",
         )
     return table

@@ -98,3 +98,12 @@ def get_task(engine: Engine, task_id: str) -> dict[str, Any] | None:
             select(dialogue_tasks).where(dialogue_tasks.c.task_id == task_id)
         ).first()
     return task_as_dict(row) if row is not None else None
+
+
+def recorded_ids(engine: Engine, task_ids: set[str]) -> set[str]:
+    """Which of ``task_ids`` have a row."""
+    if not task_ids:
+        return set()
+    column = dialogue_tasks.c.task_id
+    with engine.connect() as conn:
+        return set(conn.execute(select(column).where(column.in_(sorted(task_ids)))).scalars())

@@ -37,6 +37,8 @@ def deliveries_list(
         print_json([r.as_dict() for r in rows])
         return
     table = Table("id", "received", "source", "type", "subject", "size", "status")
+    for column in table.columns[2:5]:  # ids and names fold onto more lines, never get cut
+        column.overflow = "fold"
     for r in rows:
         table.add_row(
             str(r.id),
@@ -45,7 +47,7 @@ def deliveries_list(
             literal(r.event_type),
             literal(r.subject_id),
             f"{r.size:,}",
-            r.status,
+            literal(r.status),
         )
     console.print(table)
 
@@ -68,9 +70,9 @@ def deliveries_show(delivery_id: int, as_json: JsonFlag = False) -> None:
         table.add_row(
             str(job["id"]),
             literal(job["handler"]),
-            job["status"],
+            literal(job["status"]),
             str(job["attempts"]),
-            job["run_at"],
+            literal(job["run_at"]),
             short(job["last_error"] or "", 200),
         )
     console.print(table)
@@ -120,7 +122,8 @@ def deliveries_export(
         services.close()
     where = "stdout" if str(output) == "-" else str(output)
     err_console.print(
-        f"delivery {delivery_id} ({info['source']} {info['event_type'] or '-'}): "
-        f"{info['size']:,} bytes, sha256 {info['sha256']} -> {where}",
-        highlight=False,
+        literal(
+            f"delivery {delivery_id} ({info['source']} {info['event_type'] or '-'}): "
+            f"{info['size']:,} bytes, sha256 {info['sha256']} -> {where}"
+        )
     )

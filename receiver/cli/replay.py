@@ -15,11 +15,19 @@ from typing import Annotated
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from receiver.cli.output import JsonFlag, console, err_console, fail, print_json
+from receiver.cli.output import (
+    JsonFlag,
+    console,
+    err_console,
+    fail,
+    literal,
+    masked_url,
+    print_json,
+)
 from receiver.logging import configure as configure_logging
 from receiver.replay import (
     DEFAULT_URL,
@@ -61,7 +69,7 @@ def progress_bar(description: str) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[current]}", style="dim"),
+        TextColumn("{task.fields[current]}", style="dim", markup=False),
         console=err_console,
         transient=True,
     )
@@ -131,13 +139,13 @@ def results_table(
     table.add_column("result", no_wrap=True)
     for r in results:
         if r.acknowledged:
-            outcome = "[yellow]duplicate[/yellow]" if r.duplicate else "[green]new[/green]"
+            outcome = Text("duplicate", "yellow") if r.duplicate else Text("new", "green")
         else:
-            outcome = f"[red]{escape(r.short_outcome)}[/red]"
+            outcome = Text(r.short_outcome, "red")
         table.add_row(
-            escape(r.name),
-            r.source or "-",
-            escape(r.event_type or "-"),
+            literal(r.name),
+            literal(r.source),
+            literal(r.event_type),
             str(r.status_code) if r.status_code is not None else "-",
             str(r.delivery_id) if r.delivery_id is not None else "-",
             outcome,
@@ -154,7 +162,7 @@ def print_problems(results: list[ReplayResult]) -> None:
             reasons.setdefault(r.outcome, []).append(r.name)
     for reason, names in reasons.items():
         who = names[0] if len(names) == 1 else f"{len(names)} files ({names[0]}, ...)"
-        console.print(f"[red]not acknowledged[/red] {escape(who)}: {escape(reason)}")
+        console.print(Text.assemble(("not acknowledged", "red"), f" {who}: {reason}"))
 
 
 def summary_line(results: list[ReplayResult]) -> str:
@@ -220,9 +228,10 @@ def replay(
         console.print(summary_line(results), highlight=False)
         if in_process and any(r.acknowledged and not r.duplicate for r in results):
             console.print(
-                f"stored in {settings.database_url}; their jobs run when `voicehooks worker` "
-                "or `voicehooks serve` runs against that store",
-                highlight=False,
+                literal(
+                    f"stored in {masked_url(settings.database_url)}; their jobs run when "
+                    "`voicehooks worker` or `voicehooks serve` runs against that store"
+                )
             )
     if not all(r.acknowledged for r in results):
         raise typer.Exit(1)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from receiver.cli.output import console
+from receiver.cli.output import console, literal
 from receiver.cli.store import load_services
 from receiver.gc_tuning import freeze_startup_objects
 from receiver.logging import configure as configure_logging
@@ -21,26 +21,38 @@ def serve(
     ] = False,
 ) -> None:
     """Run the receiver (with in-process workers unless --no-worker)."""
-    import uvicorn
+    from rich.text import Text
 
     from receiver.app import create_app, server_options
+    from receiver.cli import listen
+    from receiver.cli.output import masked_url
+    from receiver.cli.store import open_services
 
     settings = Settings()
     configure_logging(settings.log_level)
-    console.print(
-        f"voicehooks listening on http://{host}:{port}  (store: {settings.database_url})",
-        highlight=False,
-    )
-    app_ = create_app(settings, run_worker=not no_worker)
+    # Everything that can be wrong is found before serving: the port, then the settings and
+    # the store (each one line). The store is migrated here, so start-up cannot fail later.
+    sock = listen.bind(host, port)
+    port = sock.getsockname()[1]  # the one the system chose for --port 0
+    try:
+        services = open_services(settings, create=True, migrate=settings.migrate_on_start)
+    except BaseException:
+        sock.close()
+        raise
+    services.settings = settings.model_copy(update={"migrate_on_start": False})
+    store = masked_url(settings.database_url)
+    console.print(literal(f"voicehooks store: {store} (data: {settings.data_dir})"), soft_wrap=True)
+    app_ = create_app(services=services, run_worker=not no_worker)
     freeze_startup_objects()
-    uvicorn.run(app_, host=host, port=port, **server_options(settings))
+    announcement = Text(f"voicehooks listening on http://{host}:{port}")
+    listen.run(app_, sock, announcement, **server_options(settings))
 
 
 def worker() -> None:
     """Run workers only (scale out: several `worker` processes on one Postgres)."""
     import asyncio
 
-    services = load_services()
+    services = load_services(create=True)
     freeze_startup_objects()
     console.print("voicehooks worker running; Ctrl-C to stop", highlight=False)
     try:
@@ -53,6 +65,6 @@ def worker() -> None:
 
 def migrate() -> None:
     """Create or upgrade the database schema."""
-    services = load_services(migrate=False)
-    services.migrate()
+    services = load_services(migrate=True, create=True)
+    services.close()
     console.print("database is up to date", highlight=False)

@@ -41,6 +41,8 @@ class Delivery(SQLModel, table=True):
     auth_key_index: int | None = None
     parse_error: str | None = Field(default=None, sa_type=Text)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # Set by retention (`voicehooks prune`): the body and its blob are gone, the row stays.
+    pruned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Job(SQLModel, table=True):
