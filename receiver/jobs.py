@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Column, Engine, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Column, Connection, Engine, Table, and_, func, insert, or_, select, update
 from sqlmodel import Session
 
 from receiver.registry import Registry
@@ -667,6 +667,16 @@ def dead_jobs(engine: Engine) -> list[dict[str, Any]]:
             .order_by(jobs_table.c.id)
         ).all()
     return [dict(row._mapping) for row in rows]
+
+
+def delivery_blob_paths(conn: Connection) -> set[str]:
+    """Every blob that a delivery's body lives in (``voicehooks gc`` keeps them)."""
+    query = (
+        select(deliveries_table.c.blob_path)
+        .where(deliveries_table.c.blob_path.is_not(None))
+        .distinct()
+    )
+    return set(conn.execute(query).scalars())
 
 
 def delivery_job_states(engine: Engine, delivery_id: int) -> set[str]:

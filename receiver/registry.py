@@ -24,7 +24,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
 
     from receiver.events import Event, HandlerContext
 
@@ -32,6 +32,9 @@ ENTRY_POINT_GROUP = "voicehooks.handlers"
 HandlerFunc = Callable[["Event", "HandlerContext"], Awaitable[None] | None]
 # A demo report section: given the store, something rich can print (or None when empty).
 ReportFunc = Callable[["Engine"], Any]
+# Where a plugin's rows point into the blob store: given a connection, every blob path (relative
+# to the store) that a row references. ``voicehooks gc`` keeps these.
+BlobRefsFunc = Callable[["Connection"], Iterable[str]]
 
 
 class PluginError(Exception):
@@ -60,6 +63,7 @@ class Blueprint:
     name: str
     handlers: list[HandlerSpec] = field(default_factory=list)
     reports: list[ReportFunc] = field(default_factory=list)
+    blob_refs: list[BlobRefsFunc] = field(default_factory=list)
 
     def add(self, source: str, event_type: str, func: HandlerFunc) -> None:
         spec = HandlerSpec(source, event_type, func)
@@ -78,6 +82,13 @@ class Blueprint:
     def report(self, func: ReportFunc) -> ReportFunc:
         """Add a section to ``voicehooks demo``'s report (a function of the engine)."""
         self.reports.append(func)
+        return func
+
+    def blob_references(self, func: BlobRefsFunc) -> BlobRefsFunc:
+        """Declare where this plugin's tables point into the blob store (a function of a
+        connection giving blob paths). The core cannot know a plugin's tables, and ``voicehooks
+        gc`` removes every blob that nothing declares: a plugin that stores blobs must say so."""
+        self.blob_refs.append(func)
         return func
 
 
@@ -124,6 +135,10 @@ class Registry:
 
     def reports(self) -> list[ReportFunc]:
         return [report for blueprint in self.blueprints for report in blueprint.reports]
+
+    def blob_references(self) -> list[BlobRefsFunc]:
+        """Every installed plugin's ``blob_references`` functions."""
+        return [func for blueprint in self.blueprints for func in blueprint.blob_refs]
 
     def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(self._by_name.values())

@@ -8,7 +8,7 @@ which event, and what it adds to the demo report. Tables live in ``tables``, the
 from handlers.elevenlabs import report
 from handlers.elevenlabs.audio import store_audio
 from handlers.elevenlabs.call_failure import store_call_failure
-from handlers.elevenlabs.tables import SOURCE
+from handlers.elevenlabs.tables import SOURCE, blob_paths
 from handlers.elevenlabs.transcription import store_transcription
 from handlers.elevenlabs.workspace import store_workspace_notice
 from receiver.registry import Blueprint
@@ -30,3 +30,4 @@ for notice in (VOICE_REMOVAL_NOTICE, VOICE_REMOVAL_NOTICE_WITHDRAWN, VOICE_REMOV
 blueprint.report(report.conversations_table)
 blueprint.report(report.call_failures_table)
 blueprint.report(report.notices_table)
+blueprint.blob_references(blob_paths)

@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from receiver.cli import deliveries, replay, server
+from receiver.cli import deliveries, gc, replay, server
 from receiver.cli.output import fail
 from receiver.settings import Settings
 
@@ -31,6 +31,7 @@ def build_app() -> typer.Typer:
     app.command()(replay.sign)
     app.command()(replay.demo)
     app.add_typer(deliveries.app, name="deliveries")
+    app.command(name="gc")(gc.gc)
     for ep in entry_points(group=COMMANDS_GROUP):
         try:
             commands = ep.load()
