@@ -142,6 +142,14 @@ def test_postgres_outage_is_503_then_ingest_and_workers_resume_without_restart(
         job_lease_seconds=3,
     )
     services = services_factory(settings, REGISTRY)
+    claims: list[float] = []  # when the workers tried to claim a job
+    claim = services.worker.claim
+
+    def counted_claim() -> object:
+        claims.append(time.monotonic())
+        return claim()
+
+    services.worker.claim = counted_claim  # type: ignore[method-assign]
     server = live_server(services)
 
     HOLD.clear()
@@ -166,6 +174,11 @@ def test_postgres_outage_is_503_then_ingest_and_workers_resume_without_restart(
         wait_until(lambda: any(a.sent > up and a.status == 200 for a in stream.answers), 30)
         acked_before_end = len(stream.acknowledged())
         wait_until(lambda: len(stream.acknowledged()) >= acked_before_end + 20, timeout=30)
+
+    # The workers backed off rather than spinning: at their 50 ms poll interval, four loops
+    # would have tried about 80 times a second.
+    tries = sum(1 for t in claims if down + 0.5 < t < up)
+    assert tries < 40, f"{tries} claims in {up - down - 0.5:.1f} s of outage"
 
     during = [a for a in stream.answers if a.sent > down and a.answered < up]
     assert during, "no request was made while the database was down"
