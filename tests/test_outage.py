@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import sqlite3
 import threading
 import time
@@ -24,6 +25,7 @@ import httpx
 import psycopg
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from receiver.events import Event, HandlerContext
 from receiver.registry import HandlerSpec, Registry
@@ -245,3 +247,50 @@ def test_a_stuck_store_is_answered_503_in_time_not_a_hang(
     # Once the lock is gone, the sender's retry is stored (or found stored) and acknowledged.
     retry = post(server.url, body)
     assert retry.status_code == 200, retry.text
+
+
+def test_an_unreachable_postgres_is_503_in_time_not_a_hang(
+    tmp_path: Path, live_server: Callable[..., LiveServer]
+) -> None:
+    """A host that accepts TCP connections and then never answers (a hung server, a black-holed
+    network): connecting must give up in time, and so must ingest and /readyz."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes handshakes; nobody ever answers
+        port = silent.getsockname()[1]
+        settings = make_settings(
+            f"postgresql+psycopg://voicehooks@127.0.0.1:{port}/voicehooks",
+            tmp_path / "data",
+            store_timeout_seconds=STORE_TIMEOUT,
+            migrate_on_start=False,
+        )
+        services = Services.create(settings, REGISTRY)
+        try:
+            server = live_server(services)
+            for path in ("/webhooks/elevenlabs", "/readyz"):
+                started = time.monotonic()
+                if path == "/readyz":
+                    response = httpx.get(f"{server.url}{path}", timeout=60)
+                else:
+                    response = post(server.url, event_body(conversation_id="nobody-home"))
+                elapsed = time.monotonic() - started
+                assert response.status_code == 503, (path, response.text)
+                assert elapsed < STORE_TIMEOUT + SLACK, f"{path} answered after {elapsed:.1f} s"
+            # What the inbox writers and the workers' claims wait for is bounded too (without
+            # connect_timeout libpq would wait for the server's answer forever, and a writer
+            # thread stuck there would fail every later delivery even after the server is back).
+            outcome: list[BaseException] = []
+
+            def connect() -> None:
+                try:
+                    services.engine.connect().close()
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            attempt = threading.Thread(target=connect, daemon=True)  # a hang must not hang us
+            attempt.start()
+            attempt.join(STORE_TIMEOUT + SLACK)
+            assert not attempt.is_alive(), "connecting to a silent server did not give up"
+            assert isinstance(outcome[0], OperationalError)
+        finally:
+            services.close()
