@@ -136,7 +136,8 @@ class WebhookEndpoint:
         try:
             return await services.inbox.accept(incoming)
         except Exception as exc:
-            log.exception("inbox_unavailable", source=source.name)
+            # One line, no traceback: during an outage every request fails the same way.
+            log.error("inbox_unavailable", source=source.name, error=f"{type(exc).__name__}: {exc}")
             raise WebhookError(
                 503, "store_unavailable", "the delivery could not be stored; please retry"
             ) from exc
@@ -212,7 +213,9 @@ def create_app(
             return migrate.pending_revisions(services.engine)
 
         try:
-            pending = await anyio.to_thread.run_sync(check)
+            # Bounded: a database that does not answer makes us unready, not a hung probe.
+            with anyio.fail_after(settings.store_timeout_seconds):
+                pending = await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
         except Exception as exc:
             log.warning("not_ready", error=str(exc))
             return JSONResponse(

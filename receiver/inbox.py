@@ -18,6 +18,11 @@ back to the loop in one callback. SQLite has one writer (it allows one at a time
 Postgres two, so that one batch is prepared and sent while the other waits for its commit. A
 kept connection that the database dropped while idle is replaced, and the batch retried once,
 instead of failing the deliveries it carried.
+
+A request waits for its commit at most ``timeout`` seconds (``VOICEHOOKS_STORE_TIMEOUT_SECONDS``):
+while the database is away or stuck the answer is 503 within that time, never a hang, and a
+delivery whose request gave up before its batch was written is left out of that batch (its sender
+retries it). Postgres connections of the writers also carry a ``statement_timeout`` of that length.
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ from receiver.jobs import IncomingDelivery, Key, Receipt
 from receiver.registry import Registry
 
 log = structlog.get_logger(__name__)
-__all__ = ["Inbox", "IncomingDelivery", "Receipt"]
+__all__ = ["Inbox", "IncomingDelivery", "Receipt", "StoreTimeout"]
+
+
+class StoreTimeout(Exception):
+    """The store did not commit a delivery in time; the request is answered 503."""
 
 
 POSTGRES_WRITERS = 2  # writer threads (and connections) on Postgres; see Inbox.__init__
@@ -54,8 +63,10 @@ class Inbox:
         *,
         max_batch: int = 256,
         on_new_jobs: Callable[[], None] | None = None,
+        timeout: float | None = None,
     ) -> None:
         self._engine = engine
+        self._timeout = timeout
         self._registry = registry
         self._max_batch = max_batch
         self._on_new_jobs = on_new_jobs
@@ -110,7 +121,14 @@ class Inbox:
             waiting = self._waiting[loop] = []
             loop.call_soon(self._hand_over, loop)
         waiting.append((incoming, loop, future))
-        return await future
+        if self._timeout is None:
+            return await future
+        try:
+            # On timeout the future is cancelled: a writer that has not started its batch yet
+            # leaves this delivery out (see _commit_batch).
+            return await asyncio.wait_for(future, self._timeout)
+        except TimeoutError:
+            raise StoreTimeout(f"the store did not answer within {self._timeout:g} s") from None
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         self._queue.put(self._waiting.pop(loop))
@@ -161,12 +179,26 @@ class Inbox:
             self._close_connection()
 
     def _commit_batch(self, batch: list[Pending]) -> None:
+        # Requests that gave up waiting (StoreTimeout) were answered 503: storing them now would
+        # only surprise. Reading done() from this thread is a benign race: one that gives up
+        # just after this check is stored and answered 503, and its retry is a duplicate.
+        batch = [pending for pending in batch if not pending[2].done()]
+        if not batch:
+            return
         metrics.INBOX_BATCH_SIZE.observe(len(batch))
         started = time.perf_counter()
         try:
             receipts = self._write([incoming for incoming, _, _ in batch], reuse=True)
         except Exception as exc:
-            log.exception("inbox_write_failed", batch=len(batch))
+            # A database that is away fails every batch the same way: one line each, no
+            # traceback. Anything else is a bug worth its traceback.
+            expected = isinstance(exc, self._engine.dialect.loaded_dbapi.Error)
+            log.error(
+                "inbox_write_failed",
+                batch=len(batch),
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=not expected,
+            )
             _resolve_all([(loop, future, None, exc) for _, loop, future in batch])
             return
         metrics.INBOX_COMMIT_SECONDS.observe(time.perf_counter() - started)
@@ -250,6 +282,14 @@ class Inbox:
         closing it closes it for good."""
         conn = self._engine.raw_connection()
         conn.detach()
+        if self._timeout is not None and self._engine.dialect.name == "postgresql":
+            # A statement stuck behind a lock is cancelled by the server in time, too.
+            cursor = conn.cursor()
+            try:
+                cursor.execute(f"SET statement_timeout = {int(self._timeout * 1000)}")
+            finally:
+                cursor.close()
+            conn.commit()
         return conn
 
     def _close_connection(self) -> None:

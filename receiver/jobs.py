@@ -780,6 +780,16 @@ def next_run_at(engine: Engine, delivery_id: int) -> datetime | None:
         ).scalar()
 
 
+def delivery_blob_paths(conn: Connection) -> set[str]:
+    """Every blob that a delivery's body lives in (``voicehooks gc`` keeps them)."""
+    query = (
+        select(deliveries_table.c.blob_path)
+        .where(deliveries_table.c.blob_path.is_not(None))
+        .distinct()
+    )
+    return set(conn.execute(query).scalars())
+
+
 def delivery_job_states(engine: Engine, delivery_id: int) -> set[str]:
     with engine.connect() as conn:
         return set(

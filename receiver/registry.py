@@ -25,7 +25,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
 
     from receiver.events import Event, HandlerContext, PeriodicContext
     from receiver.settings import Settings
@@ -38,6 +38,9 @@ ReportFunc = Callable[["Engine"], Any]
 PeriodicFunc = Callable[["PeriodicContext"], Awaitable[None]]
 # Its interval in seconds, or a function of the settings giving it (0 or less: not run).
 Interval = float | Callable[["Settings"], float]
+# Where a plugin's rows point into the blob store: given a connection, every blob path (relative
+# to the store) that a row references. ``voicehooks gc`` keeps these.
+BlobRefsFunc = Callable[["Connection"], Iterable[str]]
 
 
 class PluginError(Exception):
@@ -85,6 +88,7 @@ class Blueprint:
     handlers: list[HandlerSpec] = field(default_factory=list)
     reports: list[ReportFunc] = field(default_factory=list)
     periodics: list[PeriodicSpec] = field(default_factory=list)
+    blob_refs: list[BlobRefsFunc] = field(default_factory=list)
 
     def add(self, source: str, event_type: str, func: HandlerFunc) -> None:
         spec = HandlerSpec(source, event_type, func)
@@ -113,6 +117,13 @@ class Blueprint:
         spec = PeriodicSpec(every, func)
         if spec not in self.periodics:
             self.periodics.append(spec)
+
+    def blob_references(self, func: BlobRefsFunc) -> BlobRefsFunc:
+        """Declare where this plugin's tables point into the blob store (a function of a
+        connection giving blob paths). The core cannot know a plugin's tables, and ``voicehooks
+        gc`` removes every blob that nothing declares: a plugin that stores blobs must say so."""
+        self.blob_refs.append(func)
+        return func
 
 
 class Registry:
@@ -161,6 +172,10 @@ class Registry:
 
     def periodics(self) -> list[PeriodicSpec]:
         return [spec for blueprint in self.blueprints for spec in blueprint.periodics]
+
+    def blob_references(self) -> list[BlobRefsFunc]:
+        """Every installed plugin's ``blob_references`` functions."""
+        return [func for blueprint in self.blueprints for func in blueprint.blob_refs]
 
     def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(self._by_name.values())

@@ -36,13 +36,23 @@ class Services:
 
     @classmethod
     def create(cls, settings: Settings, registry: Registry | None = None) -> Services:
-        engine = create_db_engine(settings.database_url, pool_size=settings.db_pool_size)
+        engine = create_db_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            store_timeout=settings.store_timeout_seconds,
+        )
         blobs = BlobStore(settings.blob_dir, settings.spool_dir)
         blobs.ensure_dirs()
         registry = registry if registry is not None else load_registry(settings.plugins)
         sources = load_sources(settings)
         worker = Worker(engine, registry, sources, blobs, settings)
-        inbox = Inbox(engine, registry, max_batch=settings.inbox_max_batch, on_new_jobs=worker.wake)
+        inbox = Inbox(
+            engine,
+            registry,
+            max_batch=settings.inbox_max_batch,
+            on_new_jobs=worker.wake,
+            timeout=settings.store_timeout_seconds,
+        )
         return cls(settings, engine, blobs, registry, sources, inbox, worker)
 
     def migrate(self) -> None:

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     job_retry_max_seconds: float = Field(default=3600.0, gt=0)
     job_lease_seconds: float = Field(default=60.0, gt=0)
 
+    # The longest a delivery waits for the store: past it the answer is 503 store_unavailable
+    # (the sender retries), never a hang. Also bounds connecting and each inbox statement.
+    store_timeout_seconds: float = Field(default=10, gt=0, le=3600)
+
     # Group commit: how many deliveries one inbox transaction may carry.
     inbox_max_batch: int = Field(default=256, ge=1)
 

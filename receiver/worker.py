@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from receiver import jobs, metrics
+from receiver.backoff import StoreBackoff
 from receiver.body import ReceivedBody
 from receiver.events import (
     Event,
@@ -76,6 +77,7 @@ class Worker:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
+        self._store = StoreBackoff("worker", settings.worker_poll_seconds)
 
     # -- running on a thread of its own ---------------------------------------------------------
 
@@ -129,11 +131,18 @@ class Worker:
             self._wakeup.clear()
             try:
                 job = await anyio.to_thread.run_sync(self.claim)
-            except Exception:
-                log.exception("claim_failed")
-                job = None
+            except Exception as exc:
+                await self._wait_out(exc)
+                continue
+            self._store.succeeded()
             if job is not None:
-                await self.execute(job)
+                try:
+                    await self.execute(job)
+                except Exception as exc:
+                    # Its outcome could not be recorded (the store went away mid-job). This loop
+                    # must not die of it, or the worker idles forever once the store is back;
+                    # the job's lease expires and it is claimed again.
+                    await self._wait_out(exc)
                 continue
             if self._stopping:  # stop() may have woken us while we looked
                 break
@@ -160,6 +169,17 @@ class Worker:
             except Exception:
                 log.exception("periodic_task_failed", task=spec.name)
             await anyio.sleep(interval)
+
+    async def _wait_out(self, exc: Exception) -> None:
+        """Back off after a store failure. A wake-up (a commit seen) ends the wait early: the
+        store is evidently back."""
+        assert self._wakeup is not None
+        delay = self._store.failed(exc)
+        if self._stopping:
+            return
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), delay)
 
     async def drain(self, delivery_id: int | None = None) -> int:
         """Run due jobs until none is left (CLI and tests); returns how many ran.

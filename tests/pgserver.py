@@ -166,11 +166,22 @@ class PostgresServer:
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{result.stdout}{result.stderr}")
 
-    def _start_server(self) -> None:
+    def pause(self) -> None:
+        """Shut the server down (``-m fast``: sessions are cut off) but keep its data and port:
+        a database outage. ``resume()`` ends it."""
+        result = self._pg("pg_ctl", "stop", "-D", self.datadir, "-m", "fast", "-w")
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed:\n{result.stdout}{result.stderr}")
+
+    def resume(self) -> None:
+        """Start the paused server again, on the same port."""
+        self._start_server(port=self.port)
+
+    def _start_server(self, port: int | None = None) -> None:
         assert self.tmpdir is not None
         # Another process may grab the free port before the server binds it: retry.
-        for _attempt in range(3):
-            self.port = _free_port()
+        for _attempt in range(3 if port is None else 1):
+            self.port = port or _free_port()
             options = (
                 f"-p {self.port} -c listen_addresses=127.0.0.1 -k {shlex.quote(str(self.tmpdir))} "
                 + (

@@ -8,6 +8,7 @@ are in ``tables``, their migrations in ``migrations``, the ``dialogue`` command 
 
 from handlers.dialogue.render import complete_kie_render, run_render
 from handlers.dialogue.store import EVENT_TYPE
+from handlers.dialogue.tables import blob_paths
 from receiver.registry import Blueprint
 from receiver.sources.kie import EVENT_TYPE as KIE_CALLBACK
 from receiver.sources.local import NAME as LOCAL
@@ -15,3 +16,4 @@ from receiver.sources.local import NAME as LOCAL
 blueprint = Blueprint("dialogue")
 blueprint.add(LOCAL, EVENT_TYPE, run_render)
 blueprint.add("kie", KIE_CALLBACK, complete_kie_render)
+blueprint.blob_references(blob_paths)

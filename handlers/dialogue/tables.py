@@ -12,7 +12,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Float, ForeignKey, Integer, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Integer,
+    Text,
+    select,
+)
 from sqlmodel import Field, SQLModel
 
 from receiver.store.types import UTCDateTime, utcnow
@@ -71,3 +81,10 @@ class DialogueVoiceSegment(SQLModel, table=True):
 
 dialogue_renders = DialogueRender.__table__  # type: ignore[attr-defined]
 dialogue_voice_segments = DialogueVoiceSegment.__table__  # type: ignore[attr-defined]
+
+
+def blob_paths(conn: Connection) -> set[str]:
+    """Every blob a render's audio lives in (``voicehooks gc`` keeps them)."""
+    table = DialogueRender.__table__  # type: ignore[attr-defined]  # SQLModel adds it
+    column = table.c.audio_blob_path
+    return set(conn.execute(select(column).where(column.is_not(None))).scalars())

@@ -11,7 +11,7 @@ from handlers.elevenlabs import report
 from handlers.elevenlabs.audio import store_audio
 from handlers.elevenlabs.backfill import reconcile_interval, reconcile_periodically
 from handlers.elevenlabs.call_failure import store_call_failure
-from handlers.elevenlabs.tables import SOURCE
+from handlers.elevenlabs.tables import SOURCE, blob_paths
 from handlers.elevenlabs.transcription import store_transcription
 from handlers.elevenlabs.workspace import store_workspace_notice
 from receiver.registry import Blueprint
@@ -34,3 +34,4 @@ blueprint.report(report.conversations_table)
 blueprint.report(report.call_failures_table)
 blueprint.report(report.notices_table)
 blueprint.periodic(reconcile_interval, reconcile_periodically)
+blueprint.blob_references(blob_paths)

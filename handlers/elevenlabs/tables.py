@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import JSON, Column, Float, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Connection, Float, Index, Text, UniqueConstraint, select
 from sqlmodel import Field, SQLModel
 
 from receiver.events import Event, PermanentFailure
@@ -236,3 +236,9 @@ def dump(model: Any) -> Any:
     if isinstance(model, list):
         return [dump(item) for item in model]
     return model.model_dump(mode="json", exclude_unset=True)
+
+
+def blob_paths(conn: Connection) -> set[str]:
+    """Every call recording's blob (``voicehooks gc`` keeps them)."""
+    table = ConversationAudio.__table__  # type: ignore[attr-defined]  # SQLModel adds it
+    return set(conn.execute(select(table.c.blob_path)).scalars())

@@ -4,7 +4,7 @@ The plugin's whole surface, listed explicitly: its handler and its demo report s
 live in ``tables``, their migrations in ``migrations``, the ``tasks`` command in ``cli``.
 """
 
-from handlers.kie import report
+from handlers.kie import report, tables
 from handlers.kie.dialogue import record_dialogue_task
 from receiver.registry import Blueprint
 from receiver.sources.kie import EVENT_TYPE
@@ -12,3 +12,4 @@ from receiver.sources.kie import EVENT_TYPE
 blueprint = Blueprint("kie")
 blueprint.add("kie", EVENT_TYPE, record_dialogue_task)
 blueprint.report(report.tasks_table)
+blueprint.blob_references(tables.blob_paths)

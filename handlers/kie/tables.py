@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Engine, Text, select
+from sqlalchemy import JSON, BigInteger, Column, Connection, Engine, Text, select
 from sqlmodel import Field, SQLModel
 
 from receiver.store.types import UTCDateTime, utcnow
@@ -107,3 +107,24 @@ def recorded_ids(engine: Engine, task_ids: set[str]) -> set[str]:
     column = dialogue_tasks.c.task_id
     with engine.connect() as conn:
         return set(conn.execute(select(column).where(column.in_(sorted(task_ids)))).scalars())
+
+
+def blob_paths(conn: Connection) -> set[str]:
+    """Every blob a task's audio lives in: the first result's, and each one in ``audio_files``
+    (``voicehooks gc`` keeps them)."""
+    table = DialogueTask.__table__  # type: ignore[attr-defined]  # SQLModel adds it
+    rows = conn.execute(
+        select(table.c.audio_blob_path, table.c.audio_files).where(
+            (table.c.audio_blob_path.is_not(None)) | (table.c.audio_files.is_not(None))
+        )
+    )
+    paths: set[str] = set()
+    for first, files in rows:
+        if first:
+            paths.add(first)
+        if isinstance(files, str):  # a JSON column read back as text on some backends
+            files = json.loads(files)
+        for entry in files or ():
+            if isinstance(entry, dict) and isinstance(entry.get("blob_path"), str):
+                paths.add(entry["blob_path"])
+    return paths

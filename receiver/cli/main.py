@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from receiver.cli import deliveries, prune, replay, server
+from receiver.cli import deliveries, gc, prune, replay, server
 from receiver.cli.output import fail
 from receiver.settings import Settings
 
@@ -65,6 +65,7 @@ def build_app() -> typer.Typer:
     app.command()(replay.demo)
     app.command()(prune.prune)
     app.add_typer(deliveries.app, name="deliveries")
+    app.command(name="gc")(gc.gc)
     for ep in entry_points(group=COMMANDS_GROUP):
         try:
             commands = ep.load()

@@ -3,15 +3,26 @@
 A blob's name is its sha256, so writing the same bytes twice costs nothing and a path in the
 database can never point at different bytes later. Files are fsynced and renamed into place, so a
 crash leaves either the whole blob or none of it, never a torn file under a real name.
+
+``voicehooks gc`` (receiver/blob_gc.py) removes blobs that no row references once they are older
+than a grace period. A blob is written (or, for bytes already stored, reused) before the row that
+references it commits, so ``adopt`` gives it a fresh modification time, and does so under a
+shared lock on the store that gc takes exclusively while it removes files: either gc sees the
+fresh time and spares the blob, or gc removed it first and ``adopt`` writes it anew.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+LOCK_NAME = ".gc.lock"  # in the blob root; dot files are never blobs
 
 
 def fsync_dir(path: Path) -> None:
@@ -51,15 +62,36 @@ class BlobStore:
         """Make a fully written spool file durable under its content address; return its relpath."""
         relpath = self.relpath_for(sha256, suffix)
         target = self.root / relpath
-        if target.exists():
-            spooled.unlink(missing_ok=True)
-            return relpath
-        with open(spooled, "rb+") as fh:
-            os.fsync(fh.fileno())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(spooled, target)
-        fsync_dir(target.parent)
+        with self.locked(fcntl.LOCK_SH):
+            try:
+                # The same bytes are stored already. Touched, so that gc spares them while the
+                # row that will reference them commits.
+                os.utime(target)
+            except FileNotFoundError:
+                pass
+            else:
+                spooled.unlink(missing_ok=True)
+                return relpath
+            with open(spooled, "rb+") as fh:
+                os.fsync(fh.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(spooled, target)
+            os.utime(target)
+            fsync_dir(target.parent)
         return relpath
+
+    @contextlib.contextmanager
+    def locked(self, mode: int) -> Iterator[None]:
+        """Hold the store's lock: shared (``fcntl.LOCK_SH``) to add a blob, exclusive
+        (``fcntl.LOCK_EX``) to remove some. A descriptor of its own per holder, because flock
+        locks belong to an open file, which threads sharing one would share too."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def writer(self, suffix: str = "") -> BlobWriter:
         path, fh = self.new_spool_file()

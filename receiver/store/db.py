@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,19 @@ def is_sqlite(engine_or_url: Engine | str) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def create_db_engine(database_url: str, *, pool_size: int = 8) -> Engine:
+def create_db_engine(
+    database_url: str, *, pool_size: int = 8, store_timeout: float | None = None
+) -> Engine:
     """An engine with the durability settings the one rule needs.
 
     ``pool_size`` connections are kept (``VOICEHOOKS_DB_POOL_SIZE``) and as many again may open
     under a burst.
+
+    ``store_timeout`` (``VOICEHOOKS_STORE_TIMEOUT_SECONDS``) bounds the waits that would otherwise
+    hang while the database is away: a connection attempt (Postgres ``connect_timeout``), data
+    the server no longer acknowledges (``tcp_user_timeout``), and a checkout from a pool whose
+    connections are all stuck. Without it, an unreachable Postgres host stalls every caller for
+    the operating system's TCP timeouts (minutes).
 
     SQLite: WAL so readers never block the writer, ``synchronous=FULL`` so a committed delivery
     survives power loss (WAL's default NORMAL may lose the last commits), a busy timeout so the
@@ -41,10 +50,29 @@ def create_db_engine(database_url: str, *, pool_size: int = 8) -> Engine:
             },
             pool_size=pool_size,
             max_overflow=pool_size,
+            **({"pool_timeout": store_timeout} if store_timeout else {}),
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if store_timeout:
+        connect_args = {
+            # libpq counts whole seconds and treats less than 2 as 2.
+            "connect_timeout": max(2, math.ceil(store_timeout)),
+            "tcp_user_timeout": math.ceil(store_timeout * 1000),
+            "keepalives": 1,
+            "keepalives_idle": max(1, math.ceil(store_timeout)),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+        }
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+        **({"pool_timeout": store_timeout} if store_timeout else {}),
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:
