@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from receiver import metrics
+from receiver import metrics, ui
 from receiver.body import asgi_body_chunks, read_body, too_large
 from receiver.errors import WebhookError
 from receiver.inbox import IncomingDelivery, Receipt
@@ -234,4 +234,5 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: server_error})
     app.state.services = services
+    ui.mount(app, services)
     return app

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 
 from receiver.cli.output import console
 from receiver.cli.store import load_services
@@ -31,9 +33,34 @@ def serve(
         f"voicehooks listening on http://{host}:{port}  (store: {settings.database_url})",
         highlight=False,
     )
+    settings = with_admin_token(settings, host, port)
     app_ = create_app(settings, run_worker=not no_worker)
     freeze_startup_objects()
     uvicorn.run(app_, host=host, port=port, **server_options(settings))
+
+
+def with_admin_token(settings: Settings, host: str, port: int) -> Settings:
+    """Make sure the inspector has an admin token, and say how to sign in.
+
+    Without ``VOICEHOOKS_ADMIN_TOKEN`` a fresh random token is made for this run and a sign-in
+    link printed to the terminal (not the log), as Jupyter does. The token travels in the URL
+    fragment, which browsers never send, so it appears in no access log either.
+    """
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown_host:
+        shown_host = f"[{shown_host}]"
+    base = f"http://{shown_host}:{port}/ui/"
+    if settings.admin_token is not None:
+        console.print(f"inspector: {base}  (sign in with VOICEHOOKS_ADMIN_TOKEN)", highlight=False)
+        return settings
+    token = secrets.token_urlsafe(32)
+    console.print(
+        f"inspector: sign in at {base}login#token={token}\n"
+        "  (a token made for this run; set VOICEHOOKS_ADMIN_TOKEN to keep one)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return settings.model_copy(update={"admin_token": SecretStr(token)})
 
 
 def worker() -> None:
