@@ -9,7 +9,7 @@ without JavaScript, and the gate checks them before they arrive here.
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -131,6 +131,17 @@ def safe_next(target: str | None) -> str:
     return "/ui/"
 
 
+async def small_form(request: Request, max_bytes: int = 8192) -> dict[str, str]:
+    """A URL-encoded form of a few short fields (the sign-in form); a larger body is cut off
+    and reads as no fields. Each field's first value."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            return {}
+    return {key: values[0] for key, values in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
 async def login(request: Request) -> Response:
     """GET: the form. POST: check ``token``; on success set the session cookie (never the
     token itself). The sign-in link ``serve`` prints carries the token in the URL fragment,
@@ -138,16 +149,13 @@ async def login(request: Request) -> Response:
     guard = ui(request).guard
     if request.method == "GET":
         return render(request, "login.html", {"next": safe_next(request.query_params.get("next"))})
-    form = await request.form(max_files=0, max_fields=4)
+    form = await small_form(request)
     token, target = form.get("token"), form.get("next")
-    if not isinstance(token, str) or not guard.token_matches(token.strip()):
+    if token is None or not guard.token_matches(token.strip()):
         return render(
-            request,
-            "login.html",
-            {"next": safe_next(target if isinstance(target, str) else None), "error": True},
-            status_code=401,
+            request, "login.html", {"next": safe_next(target), "error": True}, status_code=401
         )
-    response = RedirectResponse(safe_next(target if isinstance(target, str) else None), 303)
+    response = RedirectResponse(safe_next(target), 303)
     response.set_cookie(
         SESSION_COOKIE,
         guard.session_value,
