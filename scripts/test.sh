@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the test suite: bash scripts/test.sh [pytest args...]
 # Creates .venv if missing, installs the package with its test extras and, when
-# run as root, installs PostgreSQL (the tests start throwaway servers).
+# run as root, installs PostgreSQL (the tests start throwaway servers) and Debian's
+# chromium + chromium-driver (the browser tests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/venv.sh
@@ -27,6 +28,19 @@ if ! have_postgres; then
         echo "error: PostgreSQL binaries still not found after apt-get install" >&2
         exit 1
     fi
+fi
+
+# tests/test_ui_browser.py drives Debian's headless Chromium through its chromedriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: chromium and chromedriver not found (the browser tests need them)." >&2
+        echo "Install them (e.g. sudo apt-get install chromium chromium-driver) and run again." >&2
+        exit 1
+    fi
+    echo "installing Chromium and its driver (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends chromium chromium-driver
 fi
 
 status=0

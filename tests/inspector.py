@@ -10,14 +10,25 @@ from __future__ import annotations
 import asyncio
 import base64
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+from typer.testing import CliRunner
 
+from receiver.cli.main import app as cli_app
 from receiver.registry import load_registry
-from tests.conftest import FIXTURES, LiveServer, event_body, fixture_bytes, make_settings
+from tests.conftest import (
+    FIXTURES,
+    SECRET,
+    LiveServer,
+    event_body,
+    fixture_bytes,
+    make_settings,
+)
 
 TOKEN = "admin-token-for-the-inspector-tests"
+KIE_KEY = "kie-hmac-key-for-the-inspector-tests"
 HELLO_MP3 = (FIXTURES / "audio" / "hello.mp3").read_bytes()
 XSS = "<img src=x onerror=alert(1)>"
 # A post_call_audio whose full_audio is not base64: its job dies at once (PermanentFailure).
@@ -37,6 +48,19 @@ class Inspector:
         assert response.status_code == 200, response.text
         return int(response.json()["delivery_id"])
 
+    def replay(self, *paths: Path) -> None:
+        """``voicehooks replay PATH... --url`` against this receiver, signed as providers do."""
+        result = CliRunner().invoke(
+            cli_app,
+            ["replay", *map(str, paths), "--url", self.url],
+            env={
+                "VOICEHOOKS_ELEVENLABS_SECRETS": SECRET,
+                "VOICEHOOKS_KIE_HMAC_KEYS": KIE_KEY,
+                "VOICEHOOKS_DATA_DIR": str(self.server.services.settings.data_dir),
+            },
+        )
+        assert result.exit_code == 0, result.output
+
     def drain(self) -> int:
         return asyncio.run(self.server.services.worker.drain())
 
@@ -46,7 +70,9 @@ class Inspector:
 
 
 def start_inspector(database_url: str, tmp_path: Any, services_factory: Any, live_server: Any):  # type: ignore[no-untyped-def]
-    settings = make_settings(database_url, tmp_path / "data", admin_token=TOKEN)
+    settings = make_settings(
+        database_url, tmp_path / "data", admin_token=TOKEN, kie_hmac_keys=[KIE_KEY]
+    )
     services = services_factory(settings, load_registry())
     return Inspector(live_server(services, run_worker=False))
 

@@ -16,11 +16,9 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
-from typer.testing import CliRunner
 
-from receiver.cli.main import app as cli_app
 from tests.browser import chromium
-from tests.conftest import FIXTURES, SECRET
+from tests.conftest import FIXTURES
 from tests.inspector import (
     TOKEN,
     XSS,
@@ -104,16 +102,7 @@ def test_a_replayed_delivery_appears_without_a_reload(
     assert browser.find_elements(By.CSS_SELECTOR, "#deliveries tbody tr") == []
     browser.execute_script("window.notReloaded = true")
 
-    settings = inspector.server.services.settings
-    result = CliRunner().invoke(
-        cli_app,
-        ["replay", str(REPLAYED), "--url", inspector.url],
-        env={
-            "VOICEHOOKS_ELEVENLABS_SECRETS": SECRET,
-            "VOICEHOOKS_DATA_DIR": str(settings.data_dir),
-        },
-    )
-    assert result.exit_code == 0, result.output
+    inspector.replay(REPLAYED)
 
     row = wait_for(
         browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#deliveries tr[data-id="1"]')

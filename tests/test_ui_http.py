@@ -25,7 +25,7 @@ from receiver import ui
 from receiver.cli.main import app as cli_app
 from receiver.ui.auth import SESSION_COOKIE
 from receiver.ui.plugins import NavEntry, Pages
-from tests.conftest import ROOT, SECRET, event_body, serve_in_thread
+from tests.conftest import FIXTURES, ROOT, SECRET, event_body, serve_in_thread
 from tests.inspector import (
     HELLO_MP3,
     TOKEN,
@@ -218,6 +218,29 @@ def test_api_gives_the_same_data_as_the_cli_json(filled: Inspector) -> None:
     assert filled.api("POST", "/api/v1/deliveries/1/retry").json() == {"requeued": 1}
     assert filled.api("POST", "/api/v1/deliveries/99/retry").status_code == 404
     assert filled.api("POST", "/api/v1/deliveries/retry-dead").json() == {"requeued": 1}
+
+
+def test_kie_tasks_pages_and_api(inspector: Inspector) -> None:
+    """The kie plugin's pages: the task list, a task's script and failure, the API = CLI."""
+    inspector.replay(FIXTURES / "kie" / "fail.json", FIXTURES / "kie" / "waiting.json")
+    assert inspector.drain() == 2
+    task_id = "9d2e4b6a8c0f1e3d5b7a9c1e3f5d7b02"
+    tasks = inspector.api("GET", "/api/v1/tasks").json()
+    assert tasks == cli_json(inspector, "tasks", "list")
+    assert sorted(t["state"] for t in tasks) == ["fail", "waiting"]
+    task = inspector.api("GET", f"/api/v1/tasks/{task_id}").json()
+    assert task.pop("audio_url") is None
+    cli_task = cli_json(inspector, "tasks", "show", task_id)
+    assert cli_task.pop("audio_file") is None
+    assert task == cli_task
+    page = inspector.api("GET", f"/ui/tasks/{task_id}").text
+    assert "Can you hear me?" in page
+    assert "audio generation failed" in page
+    listing = inspector.api("GET", "/ui/tasks").text
+    assert f'href="/ui/tasks/{task_id}"' in listing
+    assert inspector.api("GET", "/ui/tasks/nope").status_code == 404
+    assert inspector.api("GET", "/api/v1/tasks/nope").status_code == 404
+    assert inspector.api("GET", f"/ui/tasks/{task_id}/audio").status_code == 404
 
 
 def test_deliveries_filter_by_source_type_status_and_search(filled: Inspector) -> None:

@@ -6,6 +6,7 @@ functions, which Starlette runs in its thread pool, so a slow query never blocks
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ class UI:
         )
         self.env.filters["clock"] = clock
         self.env.filters["nbytes"] = nbytes
+        self.env.filters["when"] = when
 
 
 def services(request: Request) -> Services:
@@ -102,6 +104,18 @@ def clock(seconds: float | None) -> str:
         return "-"
     whole = int(seconds)
     return f"{whole // 60}:{whole % 60:02d}"
+
+
+def when(value: datetime | str | None) -> str:
+    """A timestamp (or its ISO 8601 text, as the JSON shapes carry it) to the second, UTC."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def nbytes(size: int | None) -> str:
