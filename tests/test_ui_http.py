@@ -210,6 +210,12 @@ def test_api_gives_the_same_data_as_the_cli_json(filled: Inspector) -> None:
     assert [t["message"] for t in conversation["transcript"]][1] == XSS
     assert filled.api("GET", "/api/v1/tasks").json() == cli_json(filled, "tasks", "list") == []
 
+    unknown = filled.api("GET", "/api/v1/nothing/here")
+    assert unknown.status_code == 404
+    assert unknown.json() == {
+        "error": "not_found",
+        "detail": "no API endpoint /api/v1/nothing/here",
+    }
     missing = filled.api("GET", "/api/v1/deliveries/99")
     assert missing.status_code == 404
     assert missing.json() == {"error": "not_found", "detail": "no delivery with id 99"}
@@ -241,6 +247,42 @@ def test_kie_tasks_pages_and_api(inspector: Inspector) -> None:
     assert inspector.api("GET", "/ui/tasks/nope").status_code == 404
     assert inspector.api("GET", "/api/v1/tasks/nope").status_code == 404
     assert inspector.api("GET", f"/ui/tasks/{task_id}/audio").status_code == 404
+
+
+def test_kie_task_audio_is_served_with_ranges_and_its_content_type(inspector: Inspector) -> None:
+    """A task whose audio the kie handler downloaded (written here as the handler would)."""
+    from sqlmodel import Session
+
+    from handlers.kie.tables import DialogueTask
+
+    services = inspector.server.services
+    with services.blobs.writer(".mp3") as out:
+        out.write(HELLO_MP3)
+        relpath = out.commit()
+    with Session(services.engine) as session:
+        session.add(
+            DialogueTask(
+                task_id="task-with-audio",
+                state="success",
+                dialogue=[{"text": "Hi <b>there</b>", "voice": "Rachel"}],
+                audio_blob_path=relpath,
+                audio_size=len(HELLO_MP3),
+                audio_content_type="audio/mpeg",
+            )
+        )
+        session.commit()
+    task = inspector.api("GET", "/api/v1/tasks/task-with-audio").json()
+    assert task["audio_url"] == "/ui/tasks/task-with-audio/audio"
+    part = inspector.api("GET", task["audio_url"], headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206
+    assert part.content == HELLO_MP3[:100]
+    assert part.headers["content-type"] == "audio/mpeg"
+    page = inspector.api("GET", "/ui/tasks/task-with-audio").text
+    assert (
+        '<audio id="player" controls preload="metadata" src="/ui/tasks/task-with-audio/audio">'
+        in page
+    )
+    assert "Hi &lt;b&gt;there&lt;/b&gt;" in page
 
 
 def test_deliveries_filter_by_source_type_status_and_search(filled: Inspector) -> None:
@@ -285,16 +327,22 @@ def test_a_delivery_page_shows_auth_jobs_and_cuts_large_bodies(filled: Inspector
     assert "Retry this delivery" in page
     assert "&#34;type&#34;: &#34;post_call_audio&#34;" in page  # pretty JSON, escaped
 
-    big = event_body(conversation_id="conv-big", padding="x" * 400_000)
+    # Past 1 MiB the body lives in the blob store rather than the row: cut on the page, whole
+    # in the download.
+    big = event_body(conversation_id="conv-big", padding="x" * 1_200_000)
     delivery_id = filled.post(big)
+    assert filled.api("GET", f"/api/v1/deliveries/{delivery_id}").json()["body_stored"] == "blob"
     page = filled.api("GET", f"/ui/deliveries/{delivery_id}").text
     assert "Large body: showing the first" in page
     assert "x" * 1000 in page
     assert "x" * 300_000 not in page
-    download = filled.api("GET", f"/ui/deliveries/{delivery_id}/body")
-    assert download.content == big  # the exact bytes
-    assert download.headers["content-type"] == "application/octet-stream"
-    assert download.headers["content-disposition"].startswith("attachment")
+    for path in (f"/ui/deliveries/{delivery_id}/body", f"/api/v1/deliveries/{delivery_id}/body"):
+        download = filled.api("GET", path)
+        assert download.content == big  # the exact bytes
+        assert download.headers["content-type"] == "application/octet-stream"
+        assert download.headers["content-disposition"].startswith("attachment")
+    inline = filled.api("GET", "/ui/deliveries/1/body").content
+    assert inline == transcription_body("conv-a", "Hello, how can I help?", XSS, "Thanks, bye.")
 
 
 def test_pages_escape_payload_text_and_allow_no_inline_script(filled: Inspector) -> None:

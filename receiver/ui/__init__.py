@@ -12,7 +12,7 @@ import secrets
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from receiver.service import Services
@@ -24,6 +24,8 @@ from receiver.ui.render import UI
 
 log = structlog.get_logger(__name__)
 STATIC = pages.TEMPLATES.parent / "static"
+# The last route of each mount answers what nothing else matched in the mount's own format.
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def mount(app: Starlette, services: Services, plugins: list[Pages] | None = None) -> None:
@@ -55,7 +57,12 @@ def mount(app: Starlette, services: Services, plugins: list[Pages] | None = None
         *pages.routes,
         *(route for p in plugins for route in p.routes),
     ]
-    api_routes = [*api.routes, *(route for p in plugins for route in p.api_routes)]
+    ui_routes.append(Route("/{rest:path}", pages.no_such_page, methods=ANY_METHOD))
+    api_routes = [
+        *api.routes,
+        *(route for p in plugins for route in p.api_routes),
+        Route("/{rest:path}", api.no_such_endpoint, methods=ANY_METHOD),
+    ]
     app.router.routes.extend(
         [
             Mount("/ui", routes=ui_routes, middleware=[Middleware(AdminOnly, guard, api=False)]),

@@ -98,6 +98,10 @@ def body(request: Request) -> Response:
     return Response(data, media_type="application/octet-stream", headers=headers)
 
 
+def no_such_endpoint(request: Request) -> Response:
+    return api_error(404, "not_found", f"no API endpoint {request.url.path}")
+
+
 routes = [
     Route("/deliveries", deliveries),
     Route("/deliveries/retry-dead", retry_dead, methods=["POST"]),

@@ -173,6 +173,10 @@ def logout(request: Request) -> Response:
     return response
 
 
+def no_such_page(request: Request) -> Response:
+    return not_found_page(request, "such page")
+
+
 routes = [
     Route("/", overview),
     Route("/login", login, methods=["GET", "POST"]),
