@@ -468,3 +468,13 @@ def test_a_plugin_adds_pages_api_routes_static_files_and_nav(
         script = httpx.get(url + "/ui/static/renders/timeline.js")
         assert script.text == "// timeline\n"
         assert httpx.get(url + "/ui/static/player.js").status_code == 200
+
+
+def test_serve_shows_the_database_url_without_its_password() -> None:
+    from receiver.cli.server import shown_url
+    from receiver.settings import Settings
+
+    url = "postgresql+psycopg://voicehooks:hunter2-secret@127.0.0.1:5432/hooks"
+    shown = shown_url(Settings(database_url=url))
+    assert "hunter2-secret" not in shown
+    assert shown == "postgresql+psycopg://voicehooks:***@127.0.0.1:5432/hooks"

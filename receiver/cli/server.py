@@ -30,13 +30,24 @@ def serve(
     settings = Settings()
     configure_logging(settings.log_level)
     console.print(
-        f"voicehooks listening on http://{host}:{port}  (store: {settings.database_url})",
+        f"voicehooks listening on http://{host}:{port}  (store: {shown_url(settings)})",
         highlight=False,
     )
     settings = with_admin_token(settings, host, port)
     app_ = create_app(settings, run_worker=not no_worker)
     freeze_startup_objects()
     uvicorn.run(app_, host=host, port=port, **server_options(settings))
+
+
+def shown_url(settings: Settings) -> str:
+    """The database URL without its password, for the terminal."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(settings.database_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparseable VOICEHOOKS_DATABASE_URL)"
 
 
 def with_admin_token(settings: Settings, host: str, port: int) -> Settings:
