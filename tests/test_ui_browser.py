@@ -111,6 +111,8 @@ def test_a_replayed_delivery_appears_without_a_reload(
     assert cells[2:5] == ["elevenlabs", "post_call_transcription", "abc"]
     assert cells[6] == "pending"
     assert browser.execute_script("return window.notReloaded") is True
+    link = row[0].find_element(By.LINK_TEXT, "abc")  # the subject, linked to its conversation
+    assert link.get_attribute("href") == inspector.url + "/ui/conversations/abc"
     # It keeps following the job: done once the worker has run it.
     inspector.drain()
     wait_for(

@@ -301,6 +301,11 @@ def test_deliveries_filter_by_source_type_status_and_search(filled: Inspector) -
     page = filled.api("GET", "/ui/deliveries?status=dead&q=abc")
     assert 'data-id="3"' in page.text
     assert 'data-id="1"' not in page.text
+    # Subjects link to the plugin's page about them (a conversation, a task).
+    listing = filled.api("GET", "/ui/deliveries").text
+    assert '<a href="/ui/conversations/conv-a">conv-a</a>' in listing
+    delivery = filled.api("GET", "/ui/deliveries/2").text
+    assert '<a href="/ui/conversations/conv-a" id="subject">conv-a</a>' in delivery
     # The page's live refresh asks the API with the same filters.
     assert 'data-api="/api/v1/deliveries?status=dead&amp;q=abc"' in page.text
 

@@ -16,6 +16,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from handlers.elevenlabs.cli import get_conversation, list_conversations
+from handlers.elevenlabs.tables import SOURCE
+from receiver.sources.elevenlabs.models import POST_CALL_AUDIO, POST_CALL_TRANSCRIPTION
 from receiver.ui.api import int_param
 from receiver.ui.plugins import NavEntry, Pages
 from receiver.ui.render import JSON, api_error, audio_file, not_found_page, render, services
@@ -80,4 +82,8 @@ pages = Pages(
     ],
     templates=Path(__file__).parent / "templates",
     nav=[NavEntry("Conversations", "conversations")],
+    subjects={
+        (SOURCE, POST_CALL_TRANSCRIPTION): "conversations/",
+        (SOURCE, POST_CALL_AUDIO): "conversations/",
+    },
 )

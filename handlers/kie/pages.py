@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from handlers.kie.tables import get_task, list_tasks
+from receiver.sources.kie import EVENT_TYPE
 from receiver.ui.api import int_param
 from receiver.ui.plugins import NavEntry, Pages
 from receiver.ui.render import JSON, api_error, audio_file, not_found_page, render, services
@@ -82,4 +83,5 @@ pages = Pages(
     ],
     templates=Path(__file__).parent / "templates",
     nav=[NavEntry("kie.ai tasks", "tasks")],
+    subjects={("kie", EVENT_TYPE): "tasks/"},
 )

@@ -45,6 +45,11 @@ def mount(app: Starlette, services: Services, plugins: list[Pages] | None = None
         [p.templates for p in plugins if p.templates is not None],
         nav,
         sorted(services.sources),
+        {
+            f"{source} {event_type}": f"/ui/{path}"
+            for plugin in plugins
+            for (source, event_type), path in plugin.subjects.items()
+        },
     )
     static = [
         Mount(f"/static/{p.name}", app=StaticFiles(directory=p.static))

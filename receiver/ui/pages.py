@@ -47,6 +47,7 @@ def deliveries(request: Request) -> Response:
             "sources": ui(request).sources,
             "statuses": STATUSES,
             "api_query": query,
+            "subject_links": ui(request).subjects,
         },
     )
 

@@ -10,12 +10,15 @@ Its ``routes`` are mounted under ``/ui/``, its ``api_routes`` under ``/api/v1/``
 admin token, CSRF-checked and served with the pages' Content-Security-Policy), its ``templates``
 directory joins the template search path (name templates ``<plugin>/<page>.html`` and extend
 ``base.html``), its ``static`` directory is served at ``/ui/static/<name>/`` (scripts must be
-files: the pages allow no inline script), and its ``nav`` entries appear in the top bar.
+files: the pages allow no inline script), its ``nav`` entries appear in the top bar, and its
+``subjects`` turn a delivery's subject id into a link to the plugin's page about it (a
+conversation, a task): ``{("elevenlabs", "post_call_audio"): "conversations/"}`` links subject
+``c1`` of such deliveries to ``/ui/conversations/c1``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -43,6 +46,7 @@ class Pages:
     templates: Path | None = None
     static: Path | None = None
     nav: Sequence[NavEntry] = field(default_factory=tuple)
+    subjects: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 def load_pages() -> list[Pages]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
@@ -27,11 +28,18 @@ class UI:
     """The inspector's shared state: its template environment, navigation and guard."""
 
     def __init__(
-        self, guard: Guard, template_dirs: list[Path], nav: list[NavEntry], sources: list[str]
+        self,
+        guard: Guard,
+        template_dirs: list[Path],
+        nav: list[NavEntry],
+        sources: list[str],
+        subjects: dict[str, str] | None = None,
     ) -> None:
         self.guard = guard
         self.nav = nav
         self.sources = sources
+        # "<source> <event type>" -> the page path a subject id is appended to (plugins').
+        self.subjects = subjects or {}
         self.env = Environment(
             loader=ChoiceLoader([FileSystemLoader(str(d)) for d in [TEMPLATES, *template_dirs]]),
             autoescape=select_autoescape(["html"], default_for_string=True),
@@ -41,6 +49,12 @@ class UI:
         self.env.filters["clock"] = clock
         self.env.filters["nbytes"] = nbytes
         self.env.filters["when"] = when
+        self.env.globals["subject_link"] = self.subject_link
+
+    def subject_link(self, source: str, event_type: str | None, subject_id: str | None) -> str:
+        """The page about a delivery's subject, or "" when no plugin has one."""
+        prefix = self.subjects.get(f"{source} {event_type}")
+        return f"{prefix}{quote(subject_id, safe='')}" if prefix and subject_id else ""
 
 
 def services(request: Request) -> Services:

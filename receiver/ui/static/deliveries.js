@@ -9,6 +9,8 @@
   var empty = document.getElementById("empty");
   var live = document.getElementById("live");
   var url = table.getAttribute("data-api");
+  // "<source> <event type>" -> the page a subject id links to (a conversation, a task).
+  var subjectLinks = JSON.parse(table.getAttribute("data-subject-links") || "{}");
   var INTERVAL_MS = 2000;
 
   function pad(n) { return (n < 10 ? "0" : "") + n; }
@@ -35,7 +37,17 @@
       cell(tr, when(r.received_at));
       cell(tr, r.source);
       cell(tr, r.event_type || "-");
-      cell(tr, r.subject_id || "-", "mono");
+      var prefix = subjectLinks[r.source + " " + r.event_type];
+      if (prefix && r.subject_id) {
+        var subject = document.createElement("a");
+        subject.href = prefix + encodeURIComponent(r.subject_id);
+        subject.textContent = r.subject_id;
+        var td = tr.insertCell();
+        td.className = "mono";
+        td.appendChild(subject);
+      } else {
+        cell(tr, r.subject_id || "-", "mono");
+      }
       cell(tr, r.size.toLocaleString("en-US"), "num");
       var status = document.createElement("span");
       status.className = "status " + r.status;
