@@ -25,7 +25,6 @@ FLAGS = (
     "--disable-dev-shm-usage",
     # The audio test plays the call from script, with no user gesture to unlock it.
     "--autoplay-policy=no-user-gesture-required",
-    "--window-size=1280,900",
 )
 
 

@@ -61,8 +61,8 @@ def mount(app: Starlette, services: Services, plugins: list[Pages] | None = None
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         *pages.routes,
         *(route for p in plugins for route in p.routes),
+        Route("/{rest:path}", pages.no_such_page, methods=ANY_METHOD),
     ]
-    ui_routes.append(Route("/{rest:path}", pages.no_such_page, methods=ANY_METHOD))
     api_routes = [
         *api.routes,
         *(route for p in plugins for route in p.api_routes),
