@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from receiver import jobs, metrics
+from receiver import jobs, metrics, ui
 from receiver.body import asgi_body_chunks, read_body, too_large
 from receiver.errors import WebhookError
 from receiver.inbox import IncomingDelivery, Receipt
@@ -274,4 +274,5 @@ def create_app(
         exception_handlers={Exception: server_error, HTTPException: http_error},
     )
     app.state.services = services
+    ui.mount(app, services)
     return app

@@ -616,11 +616,27 @@ def _status(jobs: dict[str, int], parse_error: str | None) -> str:
 
 
 def list_deliveries(
-    engine: Engine, *, limit: int = 50, status: str | None = None, source: str | None = None
+    engine: Engine,
+    *,
+    limit: int = 50,
+    status: str | None = None,
+    source: str | None = None,
+    event_type: str | None = None,
+    search: str | None = None,
 ) -> list[DeliverySummary]:
+    """Newest first. ``search`` matches a delivery id or a subject id (an ElevenLabs
+    conversation id, a kie.ai task id) exactly, so it uses the indexes."""
     query = select(deliveries_table).order_by(deliveries_table.c.id.desc())
     if source:
         query = query.where(deliveries_table.c.source == source)
+    if event_type:
+        query = query.where(deliveries_table.c.event_type == event_type)
+    if search and search.strip():
+        term = search.strip()
+        matches = deliveries_table.c.subject_id == term
+        if term.isdigit() and len(term) < 19:  # fits a BIGINT
+            matches = or_(matches, deliveries_table.c.id == int(term))
+        query = query.where(matches)
     if status in {s.value for s in JobStatus}:
         query = query.where(
             deliveries_table.c.id.in_(
@@ -760,13 +776,28 @@ def job_counts(engine: Engine) -> dict[str, int]:
     return {status: count for status, count in rows}
 
 
-def dead_jobs(engine: Engine) -> list[dict[str, Any]]:
+def dead_jobs(engine: Engine, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Dead jobs, oldest first, with what an operator needs to decide on a retry."""
+    query = (
+        select(
+            jobs_table.c.delivery_id,
+            jobs_table.c.handler,
+            jobs_table.c.last_error,
+            jobs_table.c.id,
+            jobs_table.c.attempts,
+            jobs_table.c.finished_at,
+            deliveries_table.c.source,
+            deliveries_table.c.event_type,
+            deliveries_table.c.subject_id,
+        )
+        .join(deliveries_table, deliveries_table.c.id == jobs_table.c.delivery_id)
+        .where(jobs_table.c.status == JobStatus.dead)
+        .order_by(jobs_table.c.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(jobs_table.c.delivery_id, jobs_table.c.handler, jobs_table.c.last_error)
-            .where(jobs_table.c.status == JobStatus.dead)
-            .order_by(jobs_table.c.id)
-        ).all()
+        rows = conn.execute(query).all()
     return [dict(row._mapping) for row in rows]
 
 
@@ -788,6 +819,89 @@ def delivery_blob_paths(conn: Connection) -> set[str]:
         .distinct()
     )
     return set(conn.execute(query).scalars())
+
+
+def requeue_job(engine: Engine, job_id: int) -> bool:
+    """Give one dead job a fresh set of attempts; False if there is no such dead job."""
+    with writer(engine).begin() as conn:
+        result = conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job_id, jobs_table.c.status == JobStatus.dead)
+            .values(status=JobStatus.pending, attempts=0, run_at=utcnow(), finished_at=None)
+        )
+        return result.rowcount == 1
+
+
+def delivery_body(engine: Engine, delivery_id: int) -> tuple[bytes | None, str | None] | None:
+    """A stored body: ``(bytes, None)`` when it lives in the row, ``(None, blob relpath)``
+    when it lives in the blob store; None when there is no such delivery."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(deliveries_table.c.body, deliveries_table.c.blob_path).where(
+                deliveries_table.c.id == delivery_id
+            )
+        ).first()
+    if row is None:
+        return None
+    return (None, row.blob_path) if row.blob_path else (row.body or b"", None)
+
+
+@dataclass
+class Overview:
+    """The inspector's front page: traffic, backlog and failures at a glance."""
+
+    per_minute: list[tuple[datetime, int]]  # the last ``minutes`` minutes, oldest first
+    jobs: dict[str, int]  # count per state
+    oldest_pending: datetime | None  # when the oldest pending job was created
+    deliveries_total: int
+
+    def as_dict(self, now: datetime | None = None) -> dict[str, Any]:
+        now = now or utcnow()
+        age = (now - self.oldest_pending).total_seconds() if self.oldest_pending else None
+        return {
+            "per_minute": [{"minute": m.isoformat(), "count": n} for m, n in self.per_minute],
+            "jobs": self.jobs,
+            "pending": self.jobs.get(JobStatus.pending, 0),
+            "dead": self.jobs.get(JobStatus.dead, 0),
+            "oldest_pending_age_seconds": max(0.0, age) if age is not None else None,
+            "deliveries_total": self.deliveries_total,
+        }
+
+
+def overview(engine: Engine, *, minutes: int = 60) -> Overview:
+    """Deliveries per minute (counted by the database, grouped by minute), job counts and the
+    age of the backlog."""
+    now = utcnow().replace(second=0, microsecond=0)
+    since = now - timedelta(minutes=minutes - 1)
+    received = deliveries_table.c.received_at
+    if engine.dialect.name == "postgresql":
+        minute: Any = func.date_trunc("minute", received)
+    else:  # SQLite stores "YYYY-MM-DD HH:MM:SS.ffffff": the first 16 characters are the minute
+        minute = func.substr(received, 1, 16)
+    with engine.connect() as conn:
+        buckets = conn.execute(
+            select(minute, func.count()).where(received >= since).group_by(minute)
+        ).all()
+        oldest = conn.execute(
+            select(func.min(jobs_table.c.created_at)).where(
+                jobs_table.c.status == JobStatus.pending
+            )
+        ).scalar_one()
+        total = conn.execute(select(func.count()).select_from(deliveries_table)).scalar_one()
+    counts: dict[str, int] = {}
+    for key, n in buckets:
+        if isinstance(key, datetime):
+            key = key.strftime("%Y-%m-%d %H:%M")
+        counts[str(key)] = n
+    series = []
+    for i in range(minutes):
+        at = since + timedelta(minutes=i)
+        series.append((at, counts.get(at.strftime("%Y-%m-%d %H:%M"), 0)))
+    if isinstance(oldest, str):  # an aggregate over SQLite text loses the column type
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    return Overview(series, job_counts(engine), oldest, total)
 
 
 def delivery_job_states(engine: Engine, delivery_id: int) -> set[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import structlog
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from receiver.inbox import Inbox
@@ -33,6 +34,9 @@ class Services:
     sources: dict[str, Source]
     inbox: Inbox
     worker: Worker
+    # Opens the inspector when VOICEHOOKS_ADMIN_TOKEN is unset: ``serve`` makes one per run and
+    # prints a sign-in link. It guards /ui and /api only; /metrics stays as configured.
+    inspector_token: SecretStr | None = None
 
     @classmethod
     def create(cls, settings: Settings, registry: Registry | None = None) -> Services:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run the test suite: bash scripts/test.sh [pytest args...]
 # Creates .venv if missing, installs the package with its test extras and, when
-# run as root, installs PostgreSQL (the tests start throwaway servers) and wrk (the ingest
-# benchmark's smoke test).
+# run as root, installs what the tests need from Debian: PostgreSQL (the tests start throwaway
+# servers), wrk (the ingest benchmark's smoke test), chromium + chromium-driver (browser tests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/venv.sh
@@ -30,16 +30,22 @@ if ! have_postgres; then
     fi
 fi
 
-# The ingest benchmark's smoke test (tests/test_bench_smoke.py) drives the receiver with wrk.
-if ! command -v wrk >/dev/null 2>&1; then
+# Debian packages the tests drive: wrk (tests/test_bench_smoke.py), Debian's headless Chromium
+# and its chromedriver (tests/test_ui_browser.py). Installed as PostgreSQL is, by root.
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "error: wrk not found (tests/test_bench_smoke.py needs it)." >&2
-        echo "Install it (e.g. sudo apt-get install wrk) and run again." >&2
+        echo "error: ${missing[*]} not found (the tests need them)." >&2
+        echo "Install them (e.g. sudo apt-get install ${missing[*]}) and run again." >&2
         exit 1
     fi
-    echo "installing wrk (apt-get)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk
+    echo "installing ${missing[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 status=0

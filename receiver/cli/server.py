@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 
 from receiver.cli.output import console, literal
 from receiver.cli.store import load_services
@@ -39,13 +41,38 @@ def serve(
     except BaseException:
         sock.close()
         raise
-    services.settings = settings.model_copy(update={"migrate_on_start": False})
     store = masked_url(settings.database_url)
     console.print(literal(f"voicehooks store: {store} (data: {settings.data_dir})"), soft_wrap=True)
+    services.inspector_token = inspector_token(settings, host, port)
+    services.settings = settings.model_copy(update={"migrate_on_start": False})
     app_ = create_app(services=services, run_worker=not no_worker)
     freeze_startup_objects()
     announcement = Text(f"voicehooks listening on http://{host}:{port}")
     listen.run(app_, sock, announcement, **server_options(settings))
+
+
+def inspector_token(settings: Settings, host: str, port: int) -> SecretStr | None:
+    """Make sure the inspector has an admin token, and say how to sign in.
+
+    Without ``VOICEHOOKS_ADMIN_TOKEN`` a fresh random token is made for this run and a sign-in
+    link printed to the terminal (not the log), as Jupyter does. The token travels in the URL
+    fragment, which browsers never send, so it appears in no access log either.
+    """
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown_host:
+        shown_host = f"[{shown_host}]"
+    base = f"http://{shown_host}:{port}/ui/"
+    if settings.admin_token is not None:
+        console.print(f"inspector: {base}  (sign in with VOICEHOOKS_ADMIN_TOKEN)", highlight=False)
+        return None
+    token = secrets.token_urlsafe(32)
+    console.print(
+        f"inspector: sign in at {base}login#token={token}\n"
+        "  (a token made for this run; set VOICEHOOKS_ADMIN_TOKEN to keep one)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return SecretStr(token)
 
 
 def worker() -> None:
