@@ -65,6 +65,9 @@ def test_serve_names_its_store_masked_and_listens_when_it_says_so(
         store_line = proc.stdout.readline()
         assert store_line.startswith(f"voicehooks store: {shown} (data: ")
         assert "hunter2" not in store_line
+        inspector = proc.stdout.readline()  # the sign-in link (a token made for this run)
+        assert inspector.startswith(f"inspector: sign in at http://127.0.0.1:{port}/ui/login#")
+        proc.stdout.readline()  # its second line says how to keep a token
         listening = proc.stdout.readline()
         assert listening.strip() == f"voicehooks listening on http://127.0.0.1:{port}"
         # Said once the server accepts: the very next request is answered.
