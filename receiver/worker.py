@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from receiver import jobs, metrics
+from receiver import fetch, jobs, metrics
 from receiver.body import ReceivedBody
 from receiver.events import Event, HandlerContext, PermanentFailure
 from receiver.jobs import ClaimedJob
@@ -98,7 +98,7 @@ class Worker:
         watcher.start()
         timeout = httpx.Timeout(30.0, connect=10.0)
         try:
-            async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
+            async with fetch.guarded_client(self.settings, timeout=timeout) as http:
                 self._http = http
                 async with anyio.create_task_group() as tasks:
                     for _ in range(max(1, self.settings.worker_concurrency)):
@@ -128,7 +128,7 @@ class Worker:
         """Run due jobs until none is left (CLI and tests); returns how many ran."""
         timeout = httpx.Timeout(30.0, connect=10.0)
         count = 0
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
+        async with fetch.guarded_client(self.settings, timeout=timeout) as http:
             self._http = http
             while (job := self.claim()) is not None:
                 await self.execute(job)
