@@ -122,11 +122,11 @@ class FetchPolicy:
 
     def check_host(self, host: str, port: int) -> None:
         """Refuse a host name outside the allowlist (when there is one)."""
-        if self.allowed_hosts and not self.trusts(host, port):
-            if not _host_matches(host, self.allowed_hosts):
-                raise FetchRefused(
-                    f"{host} is not in VOICEHOOKS_FETCH_ALLOWED_HOSTS, so it is not fetched"
-                )
+        listed = not self.allowed_hosts or _host_matches(host, self.allowed_hosts)
+        if not listed and not self.trusts(host, port):
+            raise FetchRefused(
+                f"{host} is not in VOICEHOOKS_FETCH_ALLOWED_HOSTS, so it is not fetched"
+            )
 
     def check_address(self, host: str, ip: IPAddress) -> None:
         if self.allow_private:

@@ -24,19 +24,12 @@ from receiver.download import FetchForbidden, download_audio
 from receiver.fetch import FetchPolicy, FetchRefused, GuardedBackend, address_refusal
 from receiver.settings import Settings
 from receiver.store.blobs import BlobStore
-from tests.test_kie_handler import (  # noqa: F401  (fixtures)
-    MP3,
-    REGISTRY,
-    audio_server,
-    blob_files,
-    body_with,
-    deliver,
-    drain,
-    jobs,
-    quick_retries,
-    task,
-)
+from tests import test_kie_handler as kie_tests
+from tests.test_kie_handler import MP3, REGISTRY, blob_files, body_with, deliver, drain, jobs, task
 from tests.test_kie_source import SUCCESS_ID, kie_settings
+
+audio_server = kie_tests.audio_server  # the loopback file host, a fixture
+quick_retries = kie_tests.quick_retries
 
 REFUSED = [
     ("127.0.0.1", "loopback"),
@@ -158,7 +151,7 @@ def test_redirects_are_checked_again_and_bounded(tmp_path, redirector, audio_ser
         asyncio.run(_download(trusting, f"{base}/to?file:///etc/passwd", tmp_path))
     # At most five redirects are followed: six requests, then a refusal.
     seen.clear()
-    with pytest.raises(FetchForbidden, match="more than 5 redirects"):
+    with pytest.raises(FetchForbidden, match=r"more than 5 redirects"):
         asyncio.run(_download(trusting, f"{base}/hop/0", tmp_path))
     assert seen == [f"/hop/{n}" for n in range(6)]
     # With a redirect that lands on audio, the download works.
@@ -197,7 +190,7 @@ def test_connects_to_the_vetted_address_not_a_second_lookup(monkeypatch) -> None
     assert inner.connected == ["8.8.8.8"] and answers == ["8.8.8.8"]
     # A name with a private address among its answers is refused outright.
     answers.append("again")
-    with pytest.raises(FetchRefused, match="rebind.example resolves to 127.0.0.1"):
+    with pytest.raises(FetchRefused, match=r"rebind\.example resolves to 127\.0\.0\.1"):
         asyncio.run(backend.connect_tcp("rebind.example", 80, timeout=1))
     assert inner.connected == ["8.8.8.8"]
 
