@@ -29,6 +29,7 @@ from receiver.service import Services
 from receiver.settings import Settings
 from receiver.sources.base import Source
 from receiver.store import migrate
+from receiver.store.db import StoreGone
 
 log = structlog.get_logger(__name__)
 _NO_QUERY = QueryParams()  # immutable, so one instance serves every request without a query
@@ -187,12 +188,19 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         def check() -> set[str]:
+            services.inbox.store_file.check()
             with services.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             return migrate.pending_revisions(services.engine)
 
         try:
             pending = await anyio.to_thread.run_sync(check)
+        except StoreGone as exc:
+            log.error("not_ready", error=str(exc))
+            return JSONResponse(
+                {"error": "store_gone", "detail": f"{exc}; restart the receiver"},
+                status_code=503,
+            )
         except Exception as exc:
             log.warning("not_ready", error=str(exc))
             return JSONResponse(

@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from receiver import jobs, metrics, wakeup
 from receiver.jobs import IncomingDelivery, Key, Receipt
 from receiver.registry import Registry
+from receiver.store.db import StoreFile
 
 log = structlog.get_logger(__name__)
 __all__ = ["Inbox", "IncomingDelivery", "Receipt"]
@@ -77,10 +78,13 @@ class Inbox:
         # engine's connect-time settings), kept open between batches. accept_now() from other
         # threads takes a connection of its own.
         self._local = threading.local()
+        # A SQLite file deleted or replaced under us fails every batch (503), see StoreFile.
+        self.store_file = StoreFile(engine)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.store_file.remember()
         self._threads = [
             threading.Thread(target=self._run, name=f"voicehooks-inbox-{n}", daemon=True)
             for n in range(self._writer_count)
@@ -184,6 +188,7 @@ class Inbox:
             self._on_new_jobs()
 
     def _write(self, items: list[IncomingDelivery], *, reuse: bool) -> list[Receipt]:
+        self.store_file.check()
         try:
             return self._transaction(items, reuse=reuse)
         except self._integrity_errors:
