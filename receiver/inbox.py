@@ -264,6 +264,7 @@ class Inbox:
         routes = self._registry.routes()
         ids, existing = self._writes.write(conn, list(fresh.values()), routes)
         receipts = []
+        conflicts: list[tuple[int, str]] = []
         for item in items:
             key = item.key
             delivery_id = ids.get(key)
@@ -272,8 +273,19 @@ class Inbox:
                     0 if item.identity.parse_error is not None else len(self._handler_names(item))
                 )
                 receipts.append(Receipt(delivery_id, False, jobs))
+                continue
+            # A duplicate: of a delivery in this batch, or of one stored before.
+            if delivery_id is not None:
+                stored_sha256 = fresh[key].sha256
             else:
-                receipts.append(Receipt(delivery_id or existing[key], True, 0))
+                delivery_id, stored_sha256 = existing[key]
+            conflict = item.sha256 != stored_sha256
+            if conflict:
+                conflicts.append((delivery_id, item.sha256))
+                metrics.DELIVERY_CONFLICTS.labels(item.source).inc()
+            receipts.append(Receipt(delivery_id, True, 0, conflict))
+        if conflicts:
+            self._writes.record_conflicts(conn, conflicts)
         return receipts
 
     def _handler_names(self, item: IncomingDelivery) -> list[str]:
