@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, QueryParams
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,6 +26,7 @@ from receiver import metrics
 from receiver.body import asgi_body_chunks, read_body, too_large
 from receiver.errors import WebhookError
 from receiver.inbox import IncomingDelivery, Receipt
+from receiver.limits import CONNECTION_HEADROOM, ConcurrencyLimit, body_deadline
 from receiver.service import Services
 from receiver.settings import Settings
 from receiver.sources.base import Source
@@ -101,13 +103,14 @@ class WebhookEndpoint:
             raise too_large(settings.max_body_bytes)
         query_string = scope["query_string"]
         verifier = source.begin(headers, QueryParams(query_string) if query_string else _NO_QUERY)
-        body = await read_body(
-            asgi_body_chunks(receive),
-            max_bytes=settings.max_body_bytes,
-            spool_threshold=settings.spool_threshold_bytes,
-            blobs=services.blobs,
-            on_chunk=verifier.update,
-        )
+        with body_deadline(settings.body_timeout_seconds):
+            body = await read_body(
+                asgi_body_chunks(receive),
+                max_bytes=settings.max_body_bytes,
+                spool_threshold=settings.spool_threshold_bytes,
+                blobs=services.blobs,
+                on_chunk=verifier.update,
+            )
         try:
             auth = verifier.verify(body)
             blob_path = None
@@ -152,6 +155,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": False,
         "server_header": False,
         "timeout_graceful_shutdown": 30,
+        # The hard cap on open connections; ConcurrencyLimit answers JSON 503 before it.
+        "limit_concurrency": settings.max_connections + CONNECTION_HEADROOM,
     }
 
 
@@ -240,6 +245,11 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: server_error})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={Exception: server_error},
+        middleware=[Middleware(ConcurrencyLimit, limit=settings.max_connections)],
+    )
     app.state.services = services
     return app

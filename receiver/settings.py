@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     fetch_allow_private: bool = False
 
     max_body_bytes: int = 256 * 1024 * 1024
+    # A body still arriving after this long is cut off with 408 (slow clients, see limits.py).
+    body_timeout_seconds: float = Field(default=120, gt=0)
+    # Requests in flight beyond this are answered 503 at once (receiver/limits.py).
+    max_connections: int = Field(default=500, ge=1)
     # Bodies up to this size stay in memory and in the delivery row; larger ones are spooled
     # to disk while they are read and kept in the blob store.
     spool_threshold_bytes: int = 1024 * 1024
