@@ -26,7 +26,8 @@ def _split_secrets(value: object) -> object:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOICEHOOKS_", extra="ignore")
 
-    database_url: str = "sqlite:///./voicehooks.db"
+    # Not in the repr: it may hold the database password (print store.db.shown_url of it).
+    database_url: str = Field(default="sqlite:///./voicehooks.db", repr=False)
     # Connections kept per process for workers, readiness checks and admin commands (as many
     # again may open under a burst). The inbox writers' connections are their own, outside it.
     db_pool_size: int = Field(default=8, ge=1)
@@ -98,6 +99,37 @@ class Settings(BaseSettings):
     @classmethod
     def _plugins_from_csv(cls, value: object) -> object:
         return _split_secrets(value)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, the database password included: what ``redact`` removes."""
+        from sqlalchemy.engine import make_url
+
+        values = [
+            secret.get_secret_value()
+            for secret in (
+                *self.elevenlabs_secrets,
+                *self.kie_hmac_keys,
+                self.kie_url_token,
+                self.kie_api_key,
+                self.elevenlabs_api_key,
+                self.sonna_api_key,
+                self.admin_token,
+            )
+            if secret is not None
+        ]
+        try:
+            password = make_url(self.database_url).password
+        except Exception:
+            password = None
+        if password:
+            values.append(str(password))
+        return [value for value in values if value]
+
+    def redact(self, text: str) -> str:
+        """``text`` (an error from a driver or a library) with every configured secret masked."""
+        for value in sorted(self.secret_values(), key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
 
     @cached_property
     def blob_dir(self) -> Path:

@@ -32,6 +32,7 @@ from receiver.replay import (
 )
 from receiver.settings import Settings
 from receiver.sources import load_sources, source_classes
+from receiver.store.db import shown_url
 
 SourceOption = Annotated[
     str | None,
@@ -220,9 +221,10 @@ def replay(
         console.print(summary_line(results), highlight=False)
         if in_process and any(r.acknowledged and not r.duplicate for r in results):
             console.print(
-                f"stored in {settings.database_url}; their jobs run when `voicehooks worker` "
-                "or `voicehooks serve` runs against that store",
+                f"stored in {shown_url(settings.database_url)}; their jobs run when "
+                "`voicehooks worker` or `voicehooks serve` runs against that store",
                 highlight=False,
+                markup=False,
             )
     if not all(r.acknowledged for r in results):
         raise typer.Exit(1)

@@ -11,6 +11,7 @@ from receiver.cli.store import load_services
 from receiver.gc_tuning import freeze_startup_objects
 from receiver.logging import configure as configure_logging
 from receiver.settings import Settings
+from receiver.store.db import shown_url
 
 
 def serve(
@@ -27,9 +28,11 @@ def serve(
 
     settings = Settings()
     configure_logging(settings.log_level)
+    store = shown_url(settings.database_url)
     console.print(
-        f"voicehooks listening on http://{host}:{port}  (store: {settings.database_url})",
+        f"voicehooks listening on http://{host}:{port}  (store: {store})",
         highlight=False,
+        markup=False,
     )
     app_ = create_app(settings, run_worker=not no_worker)
     freeze_startup_objects()
@@ -53,6 +56,5 @@ def worker() -> None:
 
 def migrate() -> None:
     """Create or upgrade the database schema."""
-    services = load_services(migrate=False)
-    services.migrate()
+    load_services(migrate=True).close()  # a store it cannot reach is a one-line error
     console.print("database is up to date", highlight=False)

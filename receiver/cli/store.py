@@ -6,6 +6,7 @@ from receiver.cli.output import fail
 from receiver.logging import configure as configure_logging
 from receiver.service import Services
 from receiver.settings import Settings
+from receiver.store.db import shown_url
 
 
 def load_services(*, migrate: bool = True) -> Services:
@@ -17,5 +18,6 @@ def load_services(*, migrate: bool = True) -> Services:
         if migrate:
             services.migrate()
     except Exception as exc:
-        raise fail(f"cannot open the store at {settings.database_url!r}: {exc}") from exc
+        shown = shown_url(settings.database_url)
+        raise fail(f"cannot open the store at {shown}: {settings.redact(str(exc))}") from exc
     return services
