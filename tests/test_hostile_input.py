@@ -94,6 +94,24 @@ def test_lone_surrogates_are_stored_and_processed(  # type: ignore[no-untyped-de
     assert turn.message == "hi \\udfff there \U0001f600"
 
 
+def test_oversized_identifying_fields_are_stored(  # type: ignore[no-untyped-def]
+    settings, services_factory, live_server
+) -> None:
+    """A type, conversation id or timestamp longer than their columns (Postgres enforces the
+    lengths) is still stored; the dedupe key stays one per value (a digest when too long)."""
+    server = live_server(services_factory(settings), run_worker=False)
+    long_id = "c" * 600
+    body = event_body("t" * 300, long_id, 10**40)
+    response = server.post(body, headers=signed(body))
+    assert response.status_code == 200, response.text
+    again = server.post(body, headers=signed(body)).json()
+    assert again["duplicate"] is True and again["delivery_id"] == response.json()["delivery_id"]
+    with server.services.engine.connect() as conn:
+        row = conn.execute(select(Delivery)).one()
+    assert row.body == body and row.subject_id == long_id[:256]
+    assert row.dedupe_key.startswith("key-sha256:") and len(row.event_type) == 128
+
+
 # -- property-based fuzzing through the app (httpx's ASGI transport, for volume) --------------
 
 PATHS = [
