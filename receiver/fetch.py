@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,12 +212,18 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's own transport, with its connection pool opening connections through
     ``GuardedBackend`` (httpx 0.28 has no public parameter for a network backend yet)."""
 
-    def __init__(self, policy: FetchPolicy, *, limits: httpx.Limits | None = None) -> None:
+    def __init__(
+        self,
+        policy: FetchPolicy,
+        *,
+        limits: httpx.Limits | None = None,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         super().__init__(trust_env=False, limits=limits)
         self.policy = policy
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpcore
@@ -20,7 +23,7 @@ import httpx
 import pytest
 
 from receiver import fetch
-from receiver.download import FetchForbidden, download_audio
+from receiver.download import FetchForbidden, TransientDownloadError, download_audio
 from receiver.fetch import FetchPolicy, FetchRefused, GuardedBackend, address_refusal
 from receiver.settings import Settings
 from receiver.store.blobs import BlobStore
@@ -224,3 +227,61 @@ def test_refused_result_url_ends_the_job_dead_and_keeps_the_callback(  # type: i
     assert row["state"] == "success" and row["audio_blob_path"] is None
     assert row["audio_error"] == job.last_error and row["result_urls"] == [metadata]
     assert blob_files(services) == []
+
+
+def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for the name ``localhost`` only (no IP address)."""
+    ca_key, ca, key, csr, cert = (tmp_path / n for n in ("ca.key", "ca.pem", "k", "csr", "c"))
+    ext = tmp_path / "ext"
+    ext.write_text("subjectAltName=DNS:localhost\n")
+    commands = [
+        f"req -x509 -newkey rsa:2048 -nodes -keyout {ca_key} -out {ca} -days 1 -subj /CN=test-ca",
+        f"req -newkey rsa:2048 -nodes -keyout {key} -out {csr} -subj /CN=localhost",
+        f"x509 -req -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial -out {cert} -days 1 "
+        f"-extfile {ext}",
+    ]
+    for command in commands:
+        subprocess.run(["openssl", *command.split()], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def test_tls_verifies_the_url_host_while_connecting_to_the_vetted_address(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Connecting to the checked IP must not weaken TLS: the certificate is still verified
+    for (and SNI still names) the URL's host."""
+    ca, cert, key = _tls_files(tmp_path)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/mpeg")
+            self.send_header("Content-Length", str(len(MP3)))
+            self.end_headers()
+            self.wfile.write(MP3)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    httpd.socket = server_context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
+    port = httpd.server_address[1]
+    trusted = ssl.create_default_context(cafile=str(ca))
+
+    async def get(url: str) -> Any:
+        transport = fetch.GuardedTransport(FetchPolicy(allow_private=True), verify=trusted)
+        async with httpx.AsyncClient(transport=transport) as http:
+            return await download_audio(
+                http, BlobStore(tmp_path / "blobs"), url, max_bytes=10**7, attempts=1
+            )
+
+    try:
+        done = asyncio.run(get(f"https://localhost:{port}/a.mp3"))
+        assert done.size == len(MP3)
+        # The same server by its address: the certificate does not name it, so TLS refuses.
+        with pytest.raises(TransientDownloadError, match="CERTIFICATE_VERIFY_FAILED"):
+            asyncio.run(get(f"https://127.0.0.1:{port}/a.mp3"))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
