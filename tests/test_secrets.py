@@ -188,6 +188,7 @@ def test_no_secret_in_any_output(pg_url, tmp_path) -> None:  # type: ignore[no-u
     assert serve.returncode != 0
     started = serve.stdout.decode() + serve.stderr.decode()
     assert "store: postgresql+psycopg://voicehooks:***@" in started
+    assert "Traceback" not in started and "error: cannot open the store at" in started
     outputs.append(started)
 
     assert _command_names() <= ran, f"commands not exercised: {_command_names() - ran}"

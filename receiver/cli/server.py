@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from receiver.cli.output import console
+from receiver.cli.output import console, fail
 from receiver.cli.store import load_services
 from receiver.gc_tuning import freeze_startup_objects
 from receiver.logging import configure as configure_logging
@@ -35,6 +35,13 @@ def serve(
         markup=False,
     )
     app_ = create_app(settings, run_worker=not no_worker)
+    if settings.migrate_on_start:
+        # Here rather than only in the app's start-up, which reports a failure as a traceback:
+        # a store that cannot be opened is one line (its password masked).
+        try:
+            app_.state.services.migrate()
+        except Exception as exc:
+            raise fail(f"cannot open the store at {store}: {settings.redact(str(exc))}") from exc
     freeze_startup_objects()
     uvicorn.run(app_, host=host, port=port, **server_options(settings))
 
