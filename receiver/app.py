@@ -18,6 +18,7 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,10 +28,12 @@ from receiver import jobs, metrics, ui
 from receiver.body import asgi_body_chunks, read_body, too_large
 from receiver.errors import WebhookError
 from receiver.inbox import IncomingDelivery, Receipt
+from receiver.limits import CONNECTION_HEADROOM, ConcurrencyLimit, body_deadline
 from receiver.service import Services
 from receiver.settings import Settings
 from receiver.sources.base import Source
 from receiver.store import migrate
+from receiver.store.db import StoreGone
 
 log = structlog.get_logger(__name__)
 _NO_QUERY = QueryParams()  # immutable, so one instance serves every request without a query
@@ -102,13 +105,14 @@ class WebhookEndpoint:
             raise too_large(settings.max_body_bytes)
         query_string = scope["query_string"]
         verifier = source.begin(headers, QueryParams(query_string) if query_string else _NO_QUERY)
-        body = await read_body(
-            asgi_body_chunks(receive),
-            max_bytes=settings.max_body_bytes,
-            spool_threshold=settings.spool_threshold_bytes,
-            blobs=services.blobs,
-            on_chunk=verifier.update,
-        )
+        with body_deadline(settings.body_timeout_seconds):
+            body = await read_body(
+                asgi_body_chunks(receive),
+                max_bytes=settings.max_body_bytes,
+                spool_threshold=settings.spool_threshold_bytes,
+                blobs=services.blobs,
+                on_chunk=verifier.update,
+            )
         try:
             auth = verifier.verify(body)
             blob_path = None
@@ -172,6 +176,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "timeout_graceful_shutdown": 30,
         # Logging is ours (receiver.logging): uvicorn's records take the same format.
         "log_config": None,
+        # The hard cap on open connections; ConcurrencyLimit answers JSON 503 before it.
+        "limit_concurrency": settings.max_connections + CONNECTION_HEADROOM,
     }
 
 
@@ -208,6 +214,7 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         def check() -> set[str]:
+            services.inbox.store_file.check()
             with services.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             return migrate.pending_revisions(services.engine)
@@ -216,6 +223,12 @@ def create_app(
             # Bounded: a database that does not answer makes us unready, not a hung probe.
             with anyio.fail_after(settings.store_timeout_seconds):
                 pending = await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
+        except StoreGone as exc:
+            log.error("not_ready", error=str(exc))
+            return JSONResponse(
+                {"error": "store_gone", "detail": f"{exc}; restart the receiver"},
+                status_code=503,
+            )
         except Exception as exc:
             log.warning("not_ready", error=str(exc))
             return JSONResponse(
@@ -272,6 +285,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={Exception: server_error, HTTPException: http_error},
+        middleware=[Middleware(ConcurrencyLimit, limit=settings.max_connections)],
     )
     app.state.services = services
     ui.mount(app, services)

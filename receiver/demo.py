@@ -254,6 +254,9 @@ def demo_settings(workdir: Path) -> Settings:
         elevenlabs_secrets=[secrets.token_urlsafe(24)],
         kie_hmac_keys=[secrets.token_urlsafe(24)],
         kie_url_token=None,
+        # The demo serves its kie.ai result audio on loopback, which the guarded fetch refuses
+        # unless told otherwise.
+        fetch_allow_private=True,
         worker_poll_seconds=0.1,
         job_max_attempts=3,
         job_retry_base_seconds=0.2,

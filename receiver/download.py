@@ -8,8 +8,10 @@ times right here with exponential backoff; past that a ``TransientDownloadError`
 retried later. Answers that retrying cannot change (403/404/410: the URL has expired; not audio;
 too large) raise a ``DownloadRefused`` subclass, for the caller to turn into a dead job.
 
-Error messages name the URL's host and path only, never its query string, which for signed URLs
-holds a credential.
+Every request goes through ``receiver.fetch.stream`` (public addresses only, checked on the
+address connected to and after every redirect); a URL it refuses raises ``FetchForbidden``, a
+``DownloadRefused``, with the reason. Error messages name the URL's host and path only, never its
+query string, which for signed URLs holds a credential.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
+from receiver import fetch
 from receiver.store.blobs import BlobStore, BlobWriter
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, pool=10.0)
@@ -66,6 +69,10 @@ class DownloadRejected(DownloadRefused):
 
 class NotAudio(DownloadRefused):
     """The response is not audio (an error page, JSON, an empty body...)."""
+
+
+class FetchForbidden(DownloadRefused):
+    """The guarded fetch refused the URL (a private address, a scheme, the allowlist)."""
 
 
 class TooLarge(DownloadRefused):
@@ -139,11 +146,14 @@ async def download_audio(
     backoff_seconds: float = 0.5,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
 ) -> DownloadedFile:
-    """Stream ``url`` into the blob store and return where it went."""
+    """Stream ``url`` into the blob store and return where it went. ``http`` must be the
+    guarded client (``receiver.fetch.guarded_client``, what handlers get as ``ctx.http``)."""
     last: str = "no attempt made"
     for attempt in range(1, max(1, attempts) + 1):
         try:
             return await _fetch_once(http, blobs, url, max_bytes=max_bytes, timeout=timeout)
+        except fetch.FetchRefused as exc:
+            raise FetchForbidden(f"{where(url)}: {exc}") from exc
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise DownloadRejected(f"cannot fetch {where(url)}: {exc}") from exc
         except _Retry as exc:
@@ -160,7 +170,7 @@ async def _fetch_once(
     http: httpx.AsyncClient, blobs: BlobStore, url: str, *, max_bytes: int, timeout: httpx.Timeout
 ) -> DownloadedFile:
     headers = {"Accept": "audio/*, */*;q=0.1"}
-    async with http.stream("GET", url, headers=headers, timeout=timeout) as response:
+    async with fetch.stream(http, url, headers=headers, timeout=timeout) as response:
         status = response.status_code
         if status in GONE_STATUSES:
             raise DownloadGone(status, where(url))

@@ -42,6 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from receiver import jobs, metrics, wakeup
 from receiver.jobs import IncomingDelivery, Key, Receipt
 from receiver.registry import Registry
+from receiver.store.db import StoreFile
 
 log = structlog.get_logger(__name__)
 __all__ = ["Inbox", "IncomingDelivery", "Receipt", "StoreTimeout"]
@@ -87,10 +88,13 @@ class Inbox:
         # engine's connect-time settings), kept open between batches. accept_now() from other
         # threads takes a connection of its own.
         self._local = threading.local()
+        # A SQLite file deleted or replaced under us fails every batch (503), see StoreFile.
+        self.store_file = StoreFile(engine)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.store_file.remember()
         self._threads = [
             threading.Thread(target=self._run, name=f"voicehooks-inbox-{n}", daemon=True)
             for n in range(self._writer_count)
@@ -226,6 +230,7 @@ class Inbox:
             self._on_new_jobs()
 
     def _write(self, items: list[IncomingDelivery], *, reuse: bool) -> list[Receipt]:
+        self.store_file.check()
         try:
             return self._transaction(items, reuse=reuse)
         except self._integrity_errors:
@@ -309,6 +314,7 @@ class Inbox:
         routes = self._registry.routes()
         ids, existing = self._writes.write(conn, list(fresh.values()), routes)
         receipts = []
+        conflicts: list[tuple[int, str]] = []
         for item in items:
             key = item.key
             delivery_id = ids.get(key)
@@ -317,8 +323,19 @@ class Inbox:
                     0 if item.identity.parse_error is not None else len(self._handler_names(item))
                 )
                 receipts.append(Receipt(delivery_id, False, jobs))
+                continue
+            # A duplicate: of a delivery in this batch, or of one stored before.
+            if delivery_id is not None:
+                stored_sha256 = fresh[key].sha256
             else:
-                receipts.append(Receipt(delivery_id or existing[key], True, 0))
+                delivery_id, stored_sha256 = existing[key]
+            conflict = item.sha256 != stored_sha256
+            if conflict:
+                conflicts.append((delivery_id, item.sha256))
+                metrics.DELIVERY_CONFLICTS.labels(item.source).inc()
+            receipts.append(Receipt(delivery_id, True, 0, conflict))
+        if conflicts:
+            self._writes.record_conflicts(conn, conflicts)
         return receipts
 
     def _handler_names(self, item: IncomingDelivery) -> list[str]:

@@ -96,6 +96,8 @@ class Receipt:
     delivery_id: int
     duplicate: bool
     jobs: int
+    # A duplicate whose body differs from the stored one's (recorded on the stored delivery).
+    conflict: bool = False
 
 
 # The columns the inbox writes, in statement order.
@@ -120,6 +122,7 @@ JOB_COLUMNS = ("delivery_id", "handler", "status", "attempts", "run_at", "create
 # column, of any length.)
 ROWS_PER_STATEMENT = 500
 Key = tuple[str, str]  # (source, dedupe_key)
+Stored = tuple[int, str]  # (delivery id, sha256) of a key stored before
 Routes = tuple[tuple[str, str, str], ...]  # (source, event_type, handler name), in order
 
 
@@ -131,16 +134,36 @@ class BatchWrites:
     """
 
     def __init__(self, dialect: Any) -> None:
+        self.paramstyle = dialect.paramstyle
         self._delivery_processors = _processors(deliveries_table, DELIVERY_COLUMNS, dialect)
         self._job_processors = _processors(jobs_table, JOB_COLUMNS, dialect)
 
     def write(
         self, conn: Any, items: list[IncomingDelivery], routes: Routes
-    ) -> tuple[dict[Key, int], dict[Key, int]]:
+    ) -> tuple[dict[Key, int], dict[Key, Stored]]:
         """Store the items whose key is new (keys are distinct), with a pending job per handler
         routed to (none for a delivery that did not parse), and commit:
-        ``(new ids, existing ids)``."""
+        ``(new ids, (id, sha256) of the keys stored before)``."""
         raise NotImplementedError
+
+    def record_conflicts(self, conn: Any, conflicts: list[tuple[int, str]]) -> None:
+        """Count ``(delivery id, sha256)`` copies that came with a stored key but another body,
+        and commit. Only batches holding such a copy pay for this statement."""
+        now = self._job_rows([(0, "")], utcnow())[0][4]  # a timestamp as the dialect stores it
+        placeholder = "?" if self.paramstyle == "qmark" else "%s"
+        sql = (
+            f"UPDATE {deliveries_table.name} SET conflicts = conflicts + 1, "
+            f"last_conflict_sha256 = {placeholder}, last_conflict_at = {placeholder} "
+            f"WHERE id = {placeholder}"
+        )
+        cursor = conn.cursor()
+        try:
+            cursor.executemany(
+                sql, [(sha256, now, delivery_id) for delivery_id, sha256 in conflicts]
+            )
+        finally:
+            cursor.close()
+        conn.commit()
 
     def _delivery_rows(self, items: Sequence[IncomingDelivery]) -> list[list[object]]:
         rows = []
@@ -226,11 +249,12 @@ class SqliteBatchWrites(BatchWrites):
                     "ON CONFLICT (source, dedupe_key) DO NOTHING"
                 )
             else:  # "lookup": parameters (index, source, dedupe_key) per key
-                # Answers "index id,index id,...": integers only, whatever the keys contain.
+                # Answers "index id sha256,...": integers and hex only, whatever the keys contain.
                 sql = (
                     "WITH wanted (i, source, dedupe_key) AS "
                     f"(VALUES {', '.join(['(?, ?, ?)'] * rows)}) "
-                    "SELECT group_concat(wanted.i || ' ' || d.id, ',') FROM wanted "
+                    "SELECT group_concat(wanted.i || ' ' || d.id || ' ' || d.sha256, ',') "
+                    "FROM wanted "
                     f"JOIN {deliveries_table.name} AS d "
                     "ON d.source = wanted.source AND d.dedupe_key = wanted.dedupe_key"
                 )
@@ -239,7 +263,7 @@ class SqliteBatchWrites(BatchWrites):
 
     def write(
         self, conn: Any, items: list[IncomingDelivery], routes: Routes
-    ) -> tuple[dict[Key, int], dict[Key, int]]:
+    ) -> tuple[dict[Key, int], dict[Key, Stored]]:
         cursor = conn.cursor()
         try:
             self._install_routes(conn, cursor, routes)
@@ -248,7 +272,7 @@ class SqliteBatchWrites(BatchWrites):
             if several:
                 cursor.execute("BEGIN IMMEDIATE")
             new: dict[Key, int] = {}
-            existing: dict[Key, int] = {}
+            existing: dict[Key, Stored] = {}
             for chunk in chunks:
                 params = [value for row in self._delivery_rows(chunk) for value in row]
                 cursor.execute(self._statement("deliveries", len(chunk)), params)
@@ -258,9 +282,11 @@ class SqliteBatchWrites(BatchWrites):
                     new.update((item.key, first + n) for n, item in enumerate(chunk))
                     continue
                 first_new = last - stored + 1 if stored else None
-                for key, delivery_id in self._lookup(cursor, chunk).items():
-                    is_new = first_new is not None and delivery_id >= first_new
-                    (new if is_new else existing)[key] = delivery_id
+                for key, (delivery_id, sha256) in self._lookup(cursor, chunk).items():
+                    if first_new is not None and delivery_id >= first_new:
+                        new[key] = delivery_id
+                    else:
+                        existing[key] = (delivery_id, sha256)
             if several:
                 conn.commit()
         finally:
@@ -284,15 +310,15 @@ class SqliteBatchWrites(BatchWrites):
         )
         conn.info[self.ROUTES_TABLE] = routes
 
-    def _lookup(self, cursor: Any, items: list[IncomingDelivery]) -> dict[Key, int]:
-        found: dict[Key, int] = {}
+    def _lookup(self, cursor: Any, items: list[IncomingDelivery]) -> dict[Key, Stored]:
+        found: dict[Key, Stored] = {}
         params: list[object] = []
         for index, item in enumerate(items):
             params += (index, item.source, item.identity.dedupe_key)
         (pairs,) = cursor.execute(self._statement("lookup", len(items)), params).fetchone()
         for pair in pairs.split(",") if pairs else ():
-            index, delivery_id = pair.split(" ")
-            found[items[int(index)].key] = int(delivery_id)
+            index, delivery_id, sha256 = pair.split(" ")
+            found[items[int(index)].key] = (int(delivery_id), sha256)
         return found
 
 
@@ -334,11 +360,13 @@ class PostgresBatchWrites(BatchWrites):
             "WHERE new.parse_error IS NULL ORDER BY new.id, handler.n) "
             "SELECT id, source, dedupe_key FROM new"
         )
-        self._existing_sql = f"SELECT id FROM {d.name} WHERE source = %s AND dedupe_key = %s"
+        self._existing_sql = (
+            f"SELECT id, sha256 FROM {d.name} WHERE source = %s AND dedupe_key = %s"
+        )
 
     def write(
         self, conn: Any, items: list[IncomingDelivery], routes: Routes
-    ) -> tuple[dict[Key, int], dict[Key, int]]:
+    ) -> tuple[dict[Key, int], dict[Key, Stored]]:
         route_columns = [list(column) for column in zip(*routes, strict=True)] or [[], [], []]
         job_values = self._job_rows([(0, "")], utcnow())[0][2:]
         params = [
@@ -352,11 +380,11 @@ class PostgresBatchWrites(BatchWrites):
         try:
             cursor.execute(self._sql, params)
             new = {(source, key): delivery_id for delivery_id, source, key in cursor.fetchall()}
-            existing: dict[Key, int] = {}
+            existing: dict[Key, Stored] = {}
             for item in items:
                 if item.key not in new:  # stored before (or by another receiver meanwhile)
                     cursor.execute(self._existing_sql, item.key)
-                    (existing[item.key],) = cursor.fetchone()
+                    existing[item.key] = tuple(cursor.fetchone())
         finally:
             cursor.close()
             with contextlib.suppress(Exception):  # a broken connection is dropped anyway
@@ -686,6 +714,8 @@ def get_delivery(engine: Engine, delivery_id: int) -> dict[str, Any] | None:
         ).all()
     info = {k: v for k, v in row._mapping.items() if k != "body"}
     info["received_at"] = row.received_at.isoformat()
+    if row.last_conflict_at is not None:
+        info["last_conflict_at"] = row.last_conflict_at.isoformat()
     info["body_stored"] = "pruned" if row.pruned_at else ("blob" if row.blob_path else "inline")
     if row.pruned_at is not None:
         info["pruned_at"] = row.pruned_at.isoformat()

@@ -14,6 +14,11 @@ DELIVERIES = Counter(
     "Webhook requests by source and outcome (stored, duplicate, or the refusal code).",
     ["source", "outcome"],
 )
+DELIVERY_CONFLICTS = Counter(
+    "voicehooks_delivery_conflicts_total",
+    "Deliveries whose dedupe key was already stored with a different body (sha256).",
+    ["source"],
+)
 INBOX_BATCH_SIZE = Histogram(
     "voicehooks_inbox_batch_size",
     "Deliveries committed per inbox transaction (group commit).",

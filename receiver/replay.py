@@ -294,9 +294,17 @@ class Replayer:
         transport: httpx.AsyncBaseTransport | None = None
         if self.in_process:
             from receiver.app import create_app
+            from receiver.store.db import shown_url
 
-            self.app = create_app(self.settings, run_worker=False)
-            await self._stack.enter_async_context(self.app.router.lifespan_context(self.app))
+            try:
+                self.app = create_app(self.settings, run_worker=False)
+                await self._stack.enter_async_context(self.app.router.lifespan_context(self.app))
+            except Exception as exc:  # the store cannot be opened: one line, secrets masked
+                await self._stack.aclose()
+                shown = shown_url(self.settings.database_url)
+                raise ReplayError(
+                    f"cannot open the store at {shown}: {self.settings.redact(str(exc))}"
+                ) from None
             transport = httpx.ASGITransport(app=self.app)
         self.client = await self._stack.enter_async_context(
             httpx.AsyncClient(base_url=self.url, transport=transport, timeout=self._timeout)

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
         env_prefix="VOICEHOOKS_", extra="ignore", env_file=".env", env_file_encoding="utf-8"
     )
 
-    database_url: str = "sqlite:///./voicehooks.db"
+    # Not in the repr: it may hold the database password (print store.db.shown_url of it).
+    database_url: str = Field(default="sqlite:///./voicehooks.db", repr=False)
     # Connections kept per process for workers, readiness checks and admin commands (as many
     # again may open under a burst). The inbox writers' connections are their own, outside it.
     db_pool_size: int = Field(default=8, ge=1)
@@ -72,6 +73,10 @@ class Settings(BaseSettings):
     fetch_allow_private: bool = False
 
     max_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    # A body still arriving after this long is cut off with 408 (slow clients, see limits.py).
+    body_timeout_seconds: float = Field(default=120, gt=0)
+    # Requests in flight beyond this are answered 503 at once (receiver/limits.py).
+    max_connections: int = Field(default=500, ge=1)
     # Bodies up to this size stay in memory and in the delivery row; larger ones are spooled
     # to disk while they are read and kept in the blob store.
     spool_threshold_bytes: int = Field(default=1024 * 1024, ge=0)
@@ -139,6 +144,37 @@ class Settings(BaseSettings):
     @classmethod
     def _plugins_from_csv(cls, value: object) -> object:
         return _split_secrets(value)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, the database password included: what ``redact`` removes."""
+        from sqlalchemy.engine import make_url
+
+        values = [
+            secret.get_secret_value()
+            for secret in (
+                *self.elevenlabs_secrets,
+                *self.kie_hmac_keys,
+                self.kie_url_token,
+                self.kie_api_key,
+                self.elevenlabs_api_key,
+                self.sonna_api_key,
+                self.admin_token,
+            )
+            if secret is not None
+        ]
+        try:
+            password = make_url(self.database_url).password
+        except Exception:
+            password = None
+        if password:
+            values.append(str(password))
+        return [value for value in values if value]
+
+    def redact(self, text: str) -> str:
+        """``text`` (an error from a driver or a library) with every configured secret masked."""
+        for value in sorted(self.secret_values(), key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
 
     @cached_property
     def blob_dir(self) -> Path:

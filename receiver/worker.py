@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from receiver import jobs, metrics
+from receiver import fetch, jobs, metrics
 from receiver.backoff import StoreBackoff
 from receiver.body import ReceivedBody
 from receiver.events import (
@@ -109,7 +109,7 @@ class Worker:
         watcher.start()
         timeout = httpx.Timeout(30.0, connect=10.0)
         try:
-            async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
+            async with fetch.guarded_client(self.settings, timeout=timeout) as http:
                 self._http = http
                 async with anyio.create_task_group() as background:
                     for spec in self.registry.periodics():
@@ -186,7 +186,7 @@ class Worker:
         ``delivery_id``: only that delivery's jobs."""
         timeout = httpx.Timeout(30.0, connect=10.0)
         count = 0
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
+        async with fetch.guarded_client(self.settings, timeout=timeout) as http:
             self._http = http
             while (job := self.claim(delivery_id)) is not None:
                 await self.execute(job)

@@ -49,7 +49,12 @@ def received(body: bytes) -> ReceivedBody:
 
 
 def kie_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {"kie_hmac_keys": [KEY], "kie_url_token": None}
+    # The tests' audio server is on loopback, which the guarded fetch refuses by default.
+    values: dict[str, object] = {
+        "kie_hmac_keys": [KEY],
+        "kie_url_token": None,
+        "fetch_allow_private": True,
+    }
     values.update(overrides)
     return make_settings(database_url, data_dir, **values)
 

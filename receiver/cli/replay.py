@@ -25,7 +25,6 @@ from receiver.cli.output import (
     err_console,
     fail,
     literal,
-    masked_url,
     print_json,
 )
 from receiver.logging import configure as configure_logging
@@ -40,6 +39,7 @@ from receiver.replay import (
 )
 from receiver.settings import Settings
 from receiver.sources import load_sources, source_classes
+from receiver.store.db import shown_url
 
 SourceOption = Annotated[
     str | None,
@@ -229,7 +229,7 @@ def replay(
         if in_process and any(r.acknowledged and not r.duplicate for r in results):
             console.print(
                 literal(
-                    f"stored in {masked_url(settings.database_url)}; their jobs run when "
+                    f"stored in {shown_url(settings.database_url)}; their jobs run when "
                     "`voicehooks worker` or `voicehooks serve` runs against that store"
                 )
             )

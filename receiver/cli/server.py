@@ -13,6 +13,7 @@ from receiver.cli.store import load_services
 from receiver.gc_tuning import freeze_startup_objects
 from receiver.logging import configure as configure_logging
 from receiver.settings import Settings
+from receiver.store.db import shown_url
 
 
 def serve(
@@ -27,7 +28,6 @@ def serve(
 
     from receiver.app import create_app, server_options
     from receiver.cli import listen
-    from receiver.cli.output import masked_url
     from receiver.cli.store import open_services
 
     settings = Settings()
@@ -41,7 +41,7 @@ def serve(
     except BaseException:
         sock.close()
         raise
-    store = masked_url(settings.database_url)
+    store = shown_url(settings.database_url)
     console.print(literal(f"voicehooks store: {store} (data: {settings.data_dir})"), soft_wrap=True)
     services.inspector_token = inspector_token(settings, host, port)
     services.settings = settings.model_copy(update={"migrate_on_start": False})

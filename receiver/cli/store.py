@@ -16,11 +16,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from receiver.cli.output import fail, masked_url
+from receiver.cli.output import fail
 from receiver.logging import configure as configure_logging
 from receiver.registry import PluginError, load_registry
 from receiver.service import Services
 from receiver.settings import Settings
+from receiver.store.db import shown_url
 
 
 def sqlite_path(database_url: str) -> Path | None:
@@ -52,7 +53,7 @@ def database_error(settings: Settings, exc: Exception) -> str:
     """One line saying why the database cannot be used (the driver's first line, no password)."""
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    return f"cannot use the database {masked_url(settings.database_url)}: {first}"
+    return f"cannot use the database {shown_url(settings.database_url)}: {first}"
 
 
 def open_services(settings: Settings, *, create: bool = False, migrate: bool = True) -> Services:
@@ -68,7 +69,7 @@ def open_services(settings: Settings, *, create: bool = False, migrate: bool = T
     path = sqlite_path(settings.database_url)
     if not create and path is not None and not path.exists():
         raise fail(
-            f"no store at {path} (VOICEHOOKS_DATABASE_URL={masked_url(settings.database_url)}, "
+            f"no store at {path} (VOICEHOOKS_DATABASE_URL={shown_url(settings.database_url)}, "
             f"relative to {os.getcwd()}); run where the store is, set VOICEHOOKS_DATABASE_URL, "
             "or create it with `voicehooks migrate`"
         )
@@ -82,7 +83,7 @@ def open_services(settings: Settings, *, create: bool = False, migrate: bool = T
             services.migrate()
     except (SQLAlchemyError, OSError) as exc:
         services.close()
-        raise fail(database_error(settings, exc)) from None
+        raise fail(settings.redact(database_error(settings, exc))) from None
     return services
 
 

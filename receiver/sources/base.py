@@ -8,7 +8,9 @@ knows anything about a particular provider.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,12 +30,52 @@ class Authenticity:
     key_index: int | None = None
 
 
+# Column sizes of the deliveries table (receiver/store/models.py).
+MAX_EVENT_TYPE_CHARS = 128
+MAX_DEDUPE_KEY_CHARS = 512
+MAX_SUBJECT_CHARS = 256
+
+
+def storable_text(value: str) -> str:
+    """``value`` with lone surrogates (``"\\ud800"`` in JSON is valid JSON, but no database can
+    encode it) replaced by their escape text, so an authentic event can always be stored."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 @dataclass(frozen=True)
 class Identity:
+    """What ingest stores a delivery under. Whatever a source extracts from an authentic body
+    is made storable here (lone surrogates escaped, lengths within the columns), because a value
+    the database refuses would turn an authentic event into a 503 on every retry."""
+
     event_type: str | None
     dedupe_key: str
     subject_id: str | None = None
     parse_error: str | None = None
+
+    def __post_init__(self) -> None:
+        event_type, key, subject = self.event_type, self.dedupe_key, self.subject_id
+        if event_type is not None:
+            event_type = storable_text(event_type)[:MAX_EVENT_TYPE_CHARS]
+        key = storable_text(key)
+        if len(key) > MAX_DEDUPE_KEY_CHARS:  # still one key per value: a digest of it
+            key = "key-sha256:" + hashlib.sha256(key.encode()).hexdigest()
+        if subject is not None:
+            subject = storable_text(subject)[:MAX_SUBJECT_CHARS]
+        error = None if self.parse_error is None else storable_text(self.parse_error)
+        for name, value in (
+            ("event_type", event_type),
+            ("dedupe_key", key),
+            ("subject_id", subject),
+            ("parse_error", error),
+        ):
+            object.__setattr__(self, name, value)
 
 
 JsonPath = tuple[str, ...]
@@ -147,3 +189,39 @@ def load_small_json(body: ReceivedBody) -> tuple[Any, str | None]:
         return json.loads(data), None
     except (ValueError, UnicodeDecodeError) as exc:
         return None, f"body is not valid JSON: {exc}"
+    except RecursionError:  # a body nested thousands of levels deep
+        return None, "body is not valid JSON: nested too deeply"
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def load_document(data: bytes) -> Any:
+    """A whole body parsed for handlers (``Source.parse``): ``json`` as before, with lone
+    surrogate escapes made storable text (see ``storable_text``) so that a handler can write
+    what it read. ``ValueError`` for anything that is not JSON, however deep."""
+    try:
+        document = json.loads(data)
+    except RecursionError:
+        raise ValueError("body is not valid JSON: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(data):
+        document = _storable(document)
+    return document
+
+
+def _storable(document: Any) -> Any:
+    """Every string in ``document`` (keys too) through ``storable_text``, without recursion."""
+    root: list[Any] = [document]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        parent, slot = stack.pop()
+        value = parent[slot]
+        if isinstance(value, str):
+            parent[slot] = storable_text(value)
+        elif isinstance(value, list):
+            stack.extend((value, index) for index in range(len(value)))
+        elif isinstance(value, dict):
+            cleaned = {storable_text(k): v for k, v in value.items()}
+            parent[slot] = cleaned
+            stack.extend((cleaned, key) for key in cleaned)
+    return root[0]

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+
+def shown_url(database_url: str) -> str:
+    """``database_url`` fit to print (start-up line, errors): its password masked."""
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except Exception:
+        return "(a database URL that cannot be parsed)"
 
 
 def is_sqlite(engine_or_url: Engine | str) -> bool:
@@ -103,3 +112,45 @@ def writer(engine: Engine) -> Engine:
     (``ctx.read`` looks outside it). Postgres ignores the option.
     """
     return engine.execution_options(sqlite_begin="IMMEDIATE")
+
+
+class StoreGone(Exception):
+    """The SQLite file this process opened was deleted or replaced under it."""
+
+
+class StoreFile:
+    """The identity (device, inode) of the SQLite file when the server started, to notice the file
+    being deleted or replaced while it runs. Open connections keep writing to the old inode, so
+    without this check a delivery would be acknowledged into a file nobody will ever read.
+
+    One ``os.stat`` per check (about a microsecond): cheap enough for every inbox batch and every
+    readiness probe. Postgres and in-memory SQLite have no file, and always pass.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        url = engine.url
+        database = url.database if url.get_backend_name() == "sqlite" else None
+        self._engine = engine
+        self.path = Path(database) if database and database != ":memory:" else None
+        self._seen: tuple[int, int] | None = None
+
+    def remember(self) -> None:
+        """Record the file as it is now (creating it if it does not exist yet)."""
+        if self.path is None:
+            return
+        if not self.path.exists():
+            with self._engine.connect():
+                pass
+        stat = os.stat(self.path)
+        self._seen = (stat.st_dev, stat.st_ino)
+
+    def check(self) -> None:
+        """Raise ``StoreGone`` when the file is not the one remembered."""
+        if self.path is None or self._seen is None:
+            return
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            raise StoreGone(f"the SQLite file {self.path} was deleted while running") from None
+        if (stat.st_dev, stat.st_ino) != self._seen:
+            raise StoreGone(f"the SQLite file {self.path} was replaced while running")

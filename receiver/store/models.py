@@ -43,6 +43,11 @@ class Delivery(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # Set by retention (`voicehooks prune`): the body and its blob are gone, the row stays.
     pruned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Copies that came later with the same dedupe key but a different body (sha256): answered
+    # 200 like any duplicate, and counted here so they are never silently dropped.
+    conflicts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    last_conflict_sha256: str | None = Field(default=None, max_length=64)
+    last_conflict_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Job(SQLModel, table=True):

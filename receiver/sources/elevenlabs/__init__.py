@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -29,6 +28,7 @@ from receiver.sources.base import (
     SigningError,
     Source,
     Verifier,
+    load_document,
     load_small_json,
 )
 
@@ -142,7 +142,8 @@ class ElevenLabsSource(Source):
         timestamp = fields.get(("event_timestamp",))
         event_type = event_type if isinstance(event_type, str) else None
         conversation_id = conversation_id if isinstance(conversation_id, str) else None
-        if event_type and conversation_id and timestamp is not None:
+        # A timestamp that is not a plain value (a list nested 900 deep) identifies nothing.
+        if event_type and conversation_id and isinstance(timestamp, int | float | str):
             key = f"{event_type}:{conversation_id}:{timestamp}"
         else:
             key = f"sha256:{body.sha256}"
@@ -206,7 +207,7 @@ class ElevenLabsSource(Source):
                 }
             )
         with body.open() as fh:
-            return models.parse_event(json.load(fh))
+            return models.parse_event(load_document(fh.read()))
 
 
 def _identifying_fields(body: ReceivedBody) -> tuple[dict[tuple[str, ...], Any], str | None]:

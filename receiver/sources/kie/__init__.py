@@ -18,7 +18,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +34,7 @@ from receiver.sources.base import (
     SigningError,
     Source,
     Verifier,
+    load_document,
     load_small_json,
 )
 from receiver.sources.kie.models import KieCallback, parse_callback, task_id_of
@@ -236,7 +236,7 @@ class KieSource(Source):
 
     def parse(self, event_type: str | None, body: ReceivedBody) -> KieCallback:
         with body.open() as fh:
-            return parse_callback(json.load(fh))
+            return parse_callback(load_document(fh.read()))
 
 
 def _fields(body: ReceivedBody) -> tuple[dict[str, Any], str | None]:
