@@ -571,6 +571,27 @@ def stored_subjects(
         )
 
 
+def _insert_pending_jobs(
+    conn: Connection, delivery_id: int, handlers: Sequence[str], at: datetime
+) -> None:
+    """A pending job per handler for one delivery (the rare one-at-a-time path; the inbox's
+    batches create theirs in their own statement)."""
+    conn.execute(
+        insert(jobs_table),
+        [
+            {
+                "delivery_id": delivery_id,
+                "handler": name,
+                "status": JobStatus.pending,
+                "attempts": 0,
+                "run_at": at,
+                "created_at": at,
+            }
+            for name in handlers
+        ],
+    )
+
+
 def store_local_delivery(conn: Connection, registry: Registry, item: IncomingDelivery) -> Receipt:
     """Store a delivery made on this machine (a command's submission, not an HTTP request) and
     a pending job per handler routed to, in the caller's transaction, so the caller's own rows
@@ -596,20 +617,7 @@ def store_local_delivery(conn: Connection, registry: Registry, item: IncomingDel
     if item.identity.parse_error is not None:
         names = []
     if names:
-        conn.execute(
-            insert(jobs_table),
-            [
-                {
-                    "delivery_id": delivery_id,
-                    "handler": name,
-                    "status": JobStatus.pending,
-                    "attempts": 0,
-                    "run_at": item.received_at,
-                    "created_at": item.received_at,
-                }
-                for name in names
-            ],
-        )
+        _insert_pending_jobs(conn, delivery_id, names, item.received_at)
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"NOTIFY {WAKEUP_CHANNEL}")
     return Receipt(delivery_id, False, len(names))
@@ -763,20 +771,7 @@ def requeue_delivery(engine: Engine, registry: Registry, delivery_id: int) -> in
             if spec.name not in existing
         ]
         if missing:
-            conn.execute(
-                insert(jobs_table),
-                [
-                    {
-                        "delivery_id": delivery_id,
-                        "handler": name,
-                        "status": JobStatus.pending,
-                        "attempts": 0,
-                        "run_at": now,
-                        "created_at": now,
-                    }
-                    for name in missing
-                ],
-            )
+            _insert_pending_jobs(conn, delivery_id, missing, now)
         return conn.execute(
             select(func.count())
             .select_from(jobs_table)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -21,8 +22,8 @@ from receiver.sources.elevenlabs.conversations_api import (
     ConversationsAPI,
     ConversationsAPIError,
     NotConfigured,
-    retry_after_seconds,
 )
+from receiver.sources.provider_api import parse_retry_after
 from tests.conftest import serve_in_thread
 from tests.fakes.elevenlabs_conversations import API_KEY, HELLO_MP3, FakeConversations
 
@@ -188,6 +189,8 @@ def test_no_key_configured_says_which_setting(tmp_path: Any) -> None:
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:
-    assert retry_after_seconds("7") == 7.0
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
-    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=now) == 10.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert parse_retry_after("999999") == 3600  # capped

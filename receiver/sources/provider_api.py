@@ -52,8 +52,14 @@ class ProviderUnavailable(ProviderError):
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """Seconds the ``Retry-After`` header asks for (delta-seconds or an HTTP date), capped."""
-    value = response.headers.get("retry-after", "").strip()
+    """Seconds the response's ``Retry-After`` asks for, capped (see ``parse_retry_after``)."""
+    return parse_retry_after(response.headers.get("retry-after"))
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds from ``now``: delta-seconds or an HTTP date (RFC 9110 10.2.3),
+    capped at an hour so a provider's odd answer cannot park a job for days."""
+    value = (value or "").strip()
     if not value:
         return None
     try:
@@ -65,7 +71,7 @@ def retry_after(response: httpx.Response) -> float | None:
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
     if seconds != seconds:  # NaN
         return None
     return min(MAX_RETRY_AFTER_SECONDS, max(0.0, seconds))

@@ -18,12 +18,9 @@ is never part of an error or a log line. Response bodies are read with a size ca
 
 from __future__ import annotations
 
-import email.utils
 import json
 import random
-import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -33,6 +30,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from receiver.settings import Settings
+from receiver.sources.provider_api import retry_after as provider_retry_after
 
 log = structlog.get_logger(__name__)
 MAX_PAGE_SIZE = 100
@@ -76,23 +74,6 @@ class ConversationsPage(BaseModel):
     conversations: list[ConversationSummary]
     has_more: bool = False
     next_cursor: str | None = None
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 class ConversationsAPI:
@@ -268,7 +249,7 @@ class ConversationsAPI:
                 problem = f"HTTP {response.status_code}{_detail(response)}"
                 if response.status_code not in RETRYABLE:
                     raise ConversationsAPIError(f"{what}: {problem}")
-                retry_after = retry_after_seconds(response.headers.get("retry-after"))
+                retry_after = provider_retry_after(response)
             if attempt == self._max_attempts:
                 raise ConversationsAPIError(f"{what}: {problem} (after {attempt} attempts)")
             delay = self._delay(attempt, retry_after)
