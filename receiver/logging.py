@@ -14,8 +14,9 @@ from typing import Any
 
 import structlog
 
-# Libraries whose INFO lines are noise on every command; shown at debug level only.
-CHATTY_LOGGERS = ("alembic",)
+# Libraries whose INFO lines are noise on every command; shown at debug level only. httpx logs
+# every request's full URL at INFO, and a URL can carry a credential (kie.ai's ?token=).
+CHATTY_LOGGERS = ("alembic", "httpx", "httpcore")
 
 
 def _stderr_logger(*_: Any) -> structlog.PrintLogger:

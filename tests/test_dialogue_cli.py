@@ -129,5 +129,6 @@ def test_untrusted_text_is_never_markup(tmp_path: Path) -> None:
 
 
 def test_show_unknown_id_is_one_line(tmp_path: Path) -> None:
+    assert run(["migrate"], base_env(tmp_path))[0] == 0  # `show` never creates a store
     code, out, err = run(["dialogue", "show", "nope"], base_env(tmp_path))
     assert code == 1 and (out + err).strip() == "error: no render with id or kie.ai taskId 'nope'"

@@ -121,7 +121,8 @@ def dialogue_submit(
     key = getattr(Settings(), attribute)
     if key is None or not key.get_secret_value():
         raise fail(f"{variable} is not set: cannot submit to {provider.value}", code=2)
-    services = load_services()
+    # A submission is new work, like a delivery: it may start a store (listing never does).
+    services = load_services(create=True)
     try:
         render_id = store.submit(services.engine, services.registry, script, provider.value)
         if not wait:

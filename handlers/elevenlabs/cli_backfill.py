@@ -113,7 +113,8 @@ def backfill(
     if start >= end:
         raise fail(f"--since ({start.isoformat()}) must be before --until ({end.isoformat()})", 2)
 
-    services = load_services()
+    # Recovered conversations are new deliveries: the backfill may start a store, as serve does.
+    services = load_services(create=True)
     progress: Progress | None = None
     if err_console.is_terminal:
         progress = Progress(
