@@ -254,6 +254,14 @@ def demo_settings(workdir: Path) -> Settings:
         elevenlabs_secrets=[secrets.token_urlsafe(24)],
         kie_hmac_keys=[secrets.token_urlsafe(24)],
         kie_url_token=None,
+        # Self-contained whatever the environment says: no provider API is called (with a kie.ai
+        # key, callbacks would be confirmed against the real recordInfo), nothing periodic runs.
+        kie_api_key=None,
+        elevenlabs_api_key=None,
+        sonna_api_key=None,
+        elevenlabs_reconcile_seconds=0,
+        retention_days=None,
+        public_url=None,
         # The demo serves its kie.ai result audio on loopback, which the guarded fetch refuses
         # unless told otherwise.
         fetch_allow_private=True,

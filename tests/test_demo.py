@@ -17,9 +17,9 @@ from receiver.cli.main import app as cli_app
 from tests.conftest import FIXTURES, ROOT
 
 
-def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+def run_demo(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEHOOKS_")}
-    env |= {"COLUMNS": "220", "PYTHONPATH": str(ROOT)}
+    env |= {"COLUMNS": "220", "PYTHONPATH": str(ROOT), **settings}
     return subprocess.run(
         [sys.executable, "-m", "receiver", "demo", *args],
         env=env,
@@ -60,6 +60,18 @@ def test_demo_end_to_end() -> None:
     # The temporary store is gone.
     workdir = re.search(r"SQLite store in (\S+)", out)
     assert workdir is not None and not Path(workdir.group(1)).exists()
+
+
+def test_demo_is_self_contained_whatever_the_environment_configures() -> None:
+    """A user's provider keys and periodic tasks must not reach the throwaway receiver: with a
+    kie.ai key it would confirm the fixtures' callbacks against the real API (and fail)."""
+    done = run_demo(
+        VOICEHOOKS_KIE_API_KEY="a-real-looking-key",
+        VOICEHOOKS_ELEVENLABS_API_KEY="another-key",
+        VOICEHOOKS_ELEVENLABS_RECONCILE_SECONDS="60",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Everything expected happened." in done.stdout
 
 
 def test_demo_fails_on_an_unexpected_dead_job(tmp_path: Path) -> None:
