@@ -22,7 +22,7 @@ from receiver.cli.main import app as cli_app
 from tests.dialogue_support import script_doc
 from tests.fakes.elevenlabs_dialogue import ElevenLabsDialogueFake
 from tests.fakes.kie_api import KieFake
-from tests.fakes.scripted import MP3, MP3_FORMAT
+from tests.fakes.scripted import MP3, MP3_FORMAT, Answer
 from tests.inspector import TOKEN, XSS, Inspector
 from tests.renders_inspector import renders_inspector
 
@@ -213,3 +213,25 @@ def test_the_pages_escape_script_text_and_link_task_and_delivery(setup: Setup) -
     delivery = inspector.api("GET", f"/ui/deliveries/{delivery_id}")
     assert f'<a href="/ui/renders/{el_id}" id="subject">' in delivery.text
     assert inspector.api("GET", "/ui/renders/999").status_code == 404
+
+
+def test_the_render_page_shows_the_providers_error_and_the_segment_warning(setup: Setup) -> None:
+    inspector, eleven, _ = setup
+    eleven.fail_next(
+        Answer(402, {"detail": {"status": "quota_exceeded", "message": "No <b>credits</b>"}})
+    )
+    failed = submitted(inspector, "elevenlabs", output_format=MP3_FORMAT)
+    eleven.anomaly = "repeated"  # the repeated timestamps users report on long inputs
+    warned = submitted(inspector, "elevenlabs", output_format=MP3_FORMAT)
+
+    failed_api = inspector.api("GET", f"/api/v1/renders/{failed}").json()
+    assert failed_api["state"] == "failed" and failed_api["error"]["message"]
+    page = inspector.api("GET", f"/ui/renders/{failed}").text
+    error = re.search(r'<p class="error" id="render-error">([^<]*)</p>', page)
+    assert error and "No &lt;b&gt;credits&lt;/b&gt;" in error.group(1)
+    assert 'id="player"' not in page
+
+    warning = inspector.api("GET", f"/api/v1/renders/{warned}").json()["warning"]
+    assert warning
+    page = inspector.api("GET", f"/ui/renders/{warned}").text
+    assert 'id="render-warning"' in page and 'id="render-error"' not in page
