@@ -264,9 +264,7 @@ def dialogue_show(
 
     services = load_services()
     try:
-        render = store.get(services.engine, ident)
-        if render is not None and render["audio"]:
-            render["audio"]["file"] = str(services.blobs.path(render["audio"]["blob_path"]))
+        render = store.show(services.engine, services.blobs, ident)
     finally:
         services.close()
     if render is None:

@@ -30,6 +30,7 @@ from receiver.registry import Registry
 from receiver.sources.base import Identity
 from receiver.sources.local import AUTH
 from receiver.sources.local import NAME as LOCAL_SOURCE
+from receiver.store.blobs import BlobStore
 from receiver.store.db import writer
 from receiver.store.types import utcnow
 
@@ -198,6 +199,15 @@ def get(engine: Engine, ident: str) -> dict[str, Any] | None:
             select(dialogue_renders).where(condition).order_by(dialogue_renders.c.id).limit(1)
         ).first()
     return as_dict(engine, row._asdict(), full=True) if row is not None else None
+
+
+def show(engine: Engine, blobs: BlobStore, ident: str) -> dict[str, Any] | None:
+    """``dialogue show --json`` and ``GET /api/v1/renders/{id}``: a render by id or kie.ai
+    taskId, with the stored audio's file path."""
+    render = get(engine, ident)
+    if render is not None and render["audio"]:
+        render["audio"]["file"] = str(blobs.path(render["audio"]["blob_path"]))
+    return render
 
 
 def list_renders(
