@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -52,7 +52,14 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 
 def wait_for(driver: WebDriver, condition: Any, timeout: float = WAIT) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    # The live pages re-render their rows: an element found a moment ago may be gone. The
+    # condition is then simply tried again on the fresh page.
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.05,
+        ignored_exceptions=[StaleElementReferenceException],
+    ).until(condition)
 
 
 def sign_in(driver: WebDriver, inspector: Inspector, page: str = "/ui/") -> None:
@@ -104,15 +111,20 @@ def test_a_replayed_delivery_appears_without_a_reload(
 
     inspector.replay(REPLAYED)
 
-    row = wait_for(
-        browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#deliveries tr[data-id="1"]')
-    )
-    cells = [cell.text for cell in row[0].find_elements(By.TAG_NAME, "td")]
+    def first_row(driver: WebDriver) -> tuple[list[str], str | None] | None:
+        """The row's cells and its subject link, read from one rendering of the table."""
+        rows = driver.find_elements(By.CSS_SELECTOR, '#deliveries tr[data-id="1"]')
+        if not rows:
+            return None
+        cells = [cell.text for cell in rows[0].find_elements(By.TAG_NAME, "td")]
+        link = rows[0].find_element(By.LINK_TEXT, "abc")  # the subject, linked
+        return cells, link.get_attribute("href")
+
+    cells, href = wait_for(browser, first_row)
     assert cells[2:5] == ["elevenlabs", "post_call_transcription", "abc"]
     assert cells[6] == "pending"
     assert browser.execute_script("return window.notReloaded") is True
-    link = row[0].find_element(By.LINK_TEXT, "abc")  # the subject, linked to its conversation
-    assert link.get_attribute("href") == inspector.url + "/ui/conversations/abc"
+    assert href == inspector.url + "/ui/conversations/abc"
     # It keeps following the job: done once the worker has run it.
     inspector.drain()
     wait_for(
