@@ -11,6 +11,7 @@ from receiver.cli.store import load_services
 from receiver.gc_tuning import freeze_startup_objects
 from receiver.logging import configure as configure_logging
 from receiver.settings import Settings
+from receiver.worker_process import WorkerProcess, follow_parent
 
 
 def serve(
@@ -31,7 +32,10 @@ def serve(
         f"voicehooks listening on http://{host}:{port}  (store: {settings.database_url})",
         highlight=False,
     )
-    app_ = create_app(settings, run_worker=not no_worker)
+    # Workers in a niced child process by default: processing never slows acknowledging.
+    in_child = settings.worker_process and not no_worker
+    child = WorkerProcess(nice=settings.worker_nice) if in_child else None
+    app_ = create_app(settings, run_worker=not no_worker and not in_child, worker_process=child)
     freeze_startup_objects()
     uvicorn.run(app_, host=host, port=port, **server_options(settings))
 
@@ -39,12 +43,22 @@ def serve(
 def worker() -> None:
     """Run workers only (scale out: several `worker` processes on one Postgres)."""
     import asyncio
+    import signal
 
+    follow_parent()
     services = load_services()
     freeze_startup_objects()
     console.print("voicehooks worker running; Ctrl-C to stop", highlight=False)
+
+    async def run_until_signalled() -> None:
+        # SIGTERM (how `serve` stops its worker child) and Ctrl-C: finish the jobs in hand.
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, services.worker.stop)
+        await services.worker.run()
+
     try:
-        asyncio.run(services.worker.run())
+        asyncio.run(run_until_signalled())
     except KeyboardInterrupt:
         pass
     finally:
