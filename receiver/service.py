@@ -12,6 +12,7 @@ import structlog
 from sqlalchemy import Engine
 
 from receiver.inbox import Inbox
+from receiver.ingest_signal import IngestSignal
 from receiver.registry import Registry, load_registry
 from receiver.settings import Settings
 from receiver.sources import load_sources
@@ -41,8 +42,15 @@ class Services:
         blobs.ensure_dirs()
         registry = registry if registry is not None else load_registry(settings.plugins)
         sources = load_sources(settings)
-        worker = Worker(engine, registry, sources, blobs, settings)
-        inbox = Inbox(engine, registry, max_batch=settings.inbox_max_batch, on_new_jobs=worker.wake)
+        signal = IngestSignal.in_dir(settings.data_dir)
+        worker = Worker(engine, registry, sources, blobs, settings, ingest_signal=signal)
+        inbox = Inbox(
+            engine,
+            registry,
+            max_batch=settings.inbox_max_batch,
+            on_new_jobs=worker.wake,
+            ingest_signal=signal,
+        )
         return cls(settings, engine, blobs, registry, sources, inbox, worker)
 
     def migrate(self) -> None:

@@ -36,6 +36,7 @@ from sqlmodel import Session
 from receiver import jobs, metrics
 from receiver.body import ReceivedBody
 from receiver.events import Event, HandlerContext, PermanentFailure
+from receiver.ingest_signal import MAX_YIELD_SECONDS, POLL_SECONDS, IngestSignal
 from receiver.jobs import ClaimedJob
 from receiver.registry import Registry
 from receiver.settings import Settings
@@ -66,8 +67,10 @@ class Worker:
         sources: dict[str, Source],
         blobs: BlobStore,
         settings: Settings,
+        ingest_signal: IngestSignal | None = None,
     ) -> None:
         self.engine = engine
+        self.ingest_signal = ingest_signal
         self._writer = writer(engine)
         self.registry = registry
         self.sources = sources
@@ -129,6 +132,7 @@ class Worker:
         while not self._stopping or self._claimed:  # jobs in hand are finished before stopping
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self._wakeup.clear()
+            await self._defer_to_ingest()
             try:
                 job = await self._next_job()
             except Exception:
@@ -160,6 +164,16 @@ class Worker:
 
     def claim(self) -> ClaimedJob | None:
         return jobs.claim(self.engine, self.settings.job_lease_seconds)
+
+    async def _defer_to_ingest(self) -> None:
+        """Start nothing while deliveries wait for their commit (receiver/ingest_signal.py),
+        for at most ``MAX_YIELD_SECONDS``: acknowledging comes first, the backlog after."""
+        signal = self.ingest_signal
+        if signal is None or not signal.busy():
+            return
+        deadline = time.monotonic() + MAX_YIELD_SECONDS
+        while signal.busy() and not self._stopping and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_SECONDS)
 
     async def _next_job(self) -> ClaimedJob | None:
         """A job claimed earlier, or a fresh batch: one claim transaction (one commit) for all
