@@ -6,11 +6,15 @@ receiver/worker_process.py) stalls every acknowledgement behind it. So the inbox
 when deliveries are waiting for a commit, and workers start nothing new (no claim, no handler)
 while the mark is fresh: under a burst they wait for a gap, and the backlog drains afterwards.
 
-The mark is the wall-clock time of the last "busy" (0.0 when idle), an 8-byte double in a
-small file mapped into memory in ``data_dir``: the receiver and its worker processes on this
-machine read it without a system call. It is advice, never a lock: a mark older than
-``STALE_SECONDS`` (a receiver that died busy) counts as idle, and a worker never waits longer
-than ``MAX_YIELD_SECONDS`` before taking one job, so processing cannot starve entirely.
+The mark is an 8-byte double in a small file mapped into memory in ``data_dir`` (the receiver
+and its worker processes on this machine read it without a system call): the wall-clock time of
+the last "busy", or minus the time the inbox went idle. Under a burst the inbox is idle for a
+fraction of a millisecond between commits, so "idle" counts only after ``HOLDOFF_SECONDS`` of
+it: workers wait for a real gap (an idle receiver's job starts that much later).
+
+It is advice, never a lock: a mark older than ``STALE_SECONDS`` (a receiver that died busy)
+counts as idle, and a worker never waits longer than ``MAX_YIELD_SECONDS`` before taking one
+job, so processing cannot starve entirely.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ FILENAME = "ingest.busy"
 STALE_SECONDS = 2.0
 MAX_YIELD_SECONDS = 1.0  # the longest a worker defers a job to acknowledgements
 POLL_SECONDS = 0.005  # how often a deferring worker looks again
+HOLDOFF_SECONDS = 0.01  # how long the inbox must have been idle for workers to start work
 _SIZE = 8
 
 
@@ -46,11 +51,14 @@ class IngestSignal:
         return cls(data_dir / FILENAME)
 
     def set_busy(self, busy: bool) -> None:
-        struct.pack_into("d", self._map, 0, time.time() if busy else 0.0)
+        now = time.time()
+        struct.pack_into("d", self._map, 0, now if busy else -now)
 
     def busy(self) -> bool:
-        (since,) = struct.unpack_from("d", self._map, 0)
-        return since > 0.0 and time.time() - since < STALE_SECONDS
+        (mark,) = struct.unpack_from("d", self._map, 0)
+        if mark > 0.0:
+            return time.time() - mark < STALE_SECONDS
+        return mark < 0.0 and time.time() + mark < HOLDOFF_SECONDS
 
     def close(self) -> None:
         self._map.close()

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from receiver.ingest_signal import STALE_SECONDS, IngestSignal
+from receiver.ingest_signal import HOLDOFF_SECONDS, STALE_SECONDS, IngestSignal
 from receiver.registry import HandlerSpec, Registry
 from tests.conftest import make_settings, wait_until
 from tests.test_worker import job_rows, store
@@ -20,6 +20,8 @@ def test_the_mark_is_shared_through_the_file_and_goes_stale(tmp_path: Path) -> N
     receiver_side.set_busy(True)
     assert worker_side.busy()
     receiver_side.set_busy(False)
+    assert worker_side.busy()  # idle only once the gap lasts
+    time.sleep(HOLDOFF_SECONDS * 2)
     assert not worker_side.busy()
     # A receiver that died while busy leaves an old mark: it must not hold workers back.
     struct.pack_into("d", receiver_side._map, 0, time.time() - STALE_SECONDS - 1)
