@@ -220,12 +220,13 @@ def wait_for_drain(
         counts = count_jobs(name)
     seconds = time.monotonic() - started
     backlog = first.get("pending", 0) + first.get("running", 0)
+    drained = counts.get("done", 0) - first.get("done", 0)  # all of the backlog, unless timed out
     total = sum(counts.values())
     return {
         "backlog_at_end_of_load": backlog,
         "done_during_load": first.get("done", 0),
         "drain_s": round(seconds, 2),
-        "drain_jobs_per_s": round(backlog / seconds, 1) if backlog and seconds > 0 else None,
+        "drain_jobs_per_s": round(drained / seconds, 1) if drained and seconds > 0 else None,
         "jobs": counts,
         "all_done": counts.get("done", 0) == total,
     }
