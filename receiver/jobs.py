@@ -407,21 +407,34 @@ def claim_many(engine: Engine, lease_seconds: float, limit: int) -> list[Claimed
     the same transaction: a worker running several jobs at once claims them together."""
     now = utcnow()
     token = secrets.token_hex(16)
-    due = or_(
-        and_(jobs_table.c.status == JobStatus.pending, jobs_table.c.run_at <= now),
-        and_(jobs_table.c.status == JobStatus.running, jobs_table.c.lease_until < now),
+    limit = max(1, limit)
+    columns = (
+        jobs_table.c.id,
+        jobs_table.c.delivery_id,
+        jobs_table.c.handler,
+        jobs_table.c.attempts,
     )
-    query = (
-        select(
-            jobs_table.c.id, jobs_table.c.delivery_id, jobs_table.c.handler, jobs_table.c.attempts
-        )
-        .where(due)
+    # Two queries, each a range of the (status, run_at) index: one OR of both conditions made
+    # SQLite scan and sort the whole table on every claim, which slowed a 100k-job backlog's
+    # drain to a crawl. Jobs of dead workers (expired leases) first, then the due pending ones.
+    expired = (
+        select(*columns)
+        .where(jobs_table.c.status == JobStatus.running, jobs_table.c.lease_until < now)
         .order_by(jobs_table.c.run_at)
-        .limit(max(1, limit))
+        .limit(limit)
         .with_for_update(skip_locked=True)
     )
     with writer(engine).begin() as conn:
-        rows = conn.execute(query).all()
+        rows = list(conn.execute(expired).all())
+        if len(rows) < limit:
+            pending = (
+                select(*columns)
+                .where(jobs_table.c.status == JobStatus.pending, jobs_table.c.run_at <= now)
+                .order_by(jobs_table.c.run_at)
+                .limit(limit - len(rows))
+                .with_for_update(skip_locked=True)
+            )
+            rows += conn.execute(pending).all()
         if not rows:
             return []
         ids = [row.id for row in rows]
