@@ -103,16 +103,22 @@ def fill_voicehooks(database_url: str, data_dir: Path, jobs: int) -> None:
 
 
 def fill_procrastinate(dsn: str, jobs: int) -> None:
-    os.environ["BENCH_PROCRASTINATE_DSN"] = dsn
-    from bench import procrastinate_app
+    import procrastinate
+
+    # An app of this round's database; the worker process runs bench/procrastinate_app.py's,
+    # whose task has the same name.
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
+
+    @app.task(name="noop")
+    async def noop() -> None:
+        """Deferred from here, run by the worker's identical task."""
 
     async def defer_all() -> None:
-        app = procrastinate_app.app
         async with app.open_async():
             await app.schema_manager.apply_schema_async()
             batch = 1000
             for start in range(0, jobs, batch):
-                await procrastinate_app.noop.batch_defer_async(*[{}] * min(batch, jobs - start))
+                await noop.batch_defer_async(*[{}] * min(batch, jobs - start))
 
     asyncio.run(defer_all())
 
