@@ -5,12 +5,15 @@
 Targets, each a real server process on loopback under the same uvicorn settings
 (``receiver.app.server_options``):
 
-- ``anchor``: a bare Starlette endpoint that reads the body and answers 200 (bench/anchor_app.py);
+- ``anchor``: a bare Starlette endpoint that reads the body and answers 200 (bench/anchor_app.py),
+  access log off: the framework's limit;
 - ``naive``: verify the HMAC, then one SQLite transaction per request (bench/naive_app.py);
 - ``sqlite``: ``voicehooks serve --no-worker``, default SQLite store (WAL, synchronous=FULL);
 - ``postgres``: the same on a throwaway PostgreSQL with fsync and synchronous_commit on;
-- ``sqlite-workers``: plain ``voicehooks serve``, whose in-process workers run the built-in
-  handlers on every delivery while it receives.
+- ``serve``: ``voicehooks serve`` with default settings, its workers running the built-in
+  handlers on every delivery while it receives, under a ``--burst`` (30 s) of load; then the
+  backlog must drain with every job done (time and jobs/s reported);
+- ``serve-threads`` (only if named): the same with the workers as threads of the serve process.
 
 For each: the maximum rate with wrk (bench/webhooks.lua: distinct, freshly signed ~2.5 KB
 transcription webhooks), p50/p99 and non-2xx; then the latency at half that rate with an open-loop
@@ -33,6 +36,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,7 +46,7 @@ from typing import Any
 from bench.bodies import Bodies
 from bench.phases import run_idle_probe, run_paced_phase, run_wrk, warm_up
 from bench.procs import machine, start_worker_process, stop_gracefully, wait_for_quiet
-from bench.targets import SECRET, TARGETS, Target, build_targets
+from bench.targets import ALL_TARGETS, SECRET, TARGETS, Target, build_targets
 
 OUT = Path(__file__).resolve().parent / "out" / "ingest.json"
 WRK_INSTALL = "apt-get install -y wrk"
@@ -55,6 +59,8 @@ FIRST_GUESS_RATE = 20_000
 @dataclass
 class Options:
     duration: float
+    burst: float
+    drain_timeout: float
     grace: float
     connections: int
     threads: int
@@ -79,10 +85,21 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of wrk load")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--burst",
+        type=float,
+        default=30.0,
+        help="seconds of wrk load for targets whose workers run meanwhile (serve)",
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=900.0, help="most seconds to wait for a backlog"
+    )
     parser.add_argument("--paced-duration", type=float, help="seconds at half rate")
     parser.add_argument("--rounds", type=int, default=1, help="measure each target N times")
     parser.add_argument(
-        "--targets", default=",".join(TARGETS), help=f"comma-separated, from {','.join(TARGETS)}"
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated, from {','.join(ALL_TARGETS)}",
     )
     parser.add_argument("--idle-requests", type=int, help="deliveries for ack->done")
     parser.add_argument(
@@ -104,6 +121,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     idle_requests = args.idle_requests if args.idle_requests is not None else (3 if quick else 40)
     return Options(
         duration=duration,
+        burst=1.0 if quick else args.burst,
+        drain_timeout=args.drain_timeout,
         grace=3.0,  # wrk runs this much longer, so that every request sent is answered
         connections=min(args.connections, 16) if quick else args.connections,
         threads=args.threads,
@@ -140,13 +159,14 @@ def run_round(
     try:
         record["warmup"] = warm_up(server, bodies, options.warmup_requests)
         acknowledged = record["warmup"]["ok"]
-        needed = int(rate_bound * options.duration) + 1000
+        duration = options.burst if target.count_jobs is not None else options.duration
+        needed = int(rate_bound * duration) + 1000
         for _attempt in range(3):
             quiet = wait_for_quiet(options.max_noise, options.quiet_timeout)
             wrk = run_wrk(
                 server,
                 bodies,
-                duration=options.duration,
+                duration=duration,
                 grace=options.grace,
                 connections=options.connections,
                 threads=options.threads,
@@ -157,9 +177,11 @@ def run_round(
             if not wrk["exhausted"]:
                 break
             needed *= 2  # ran out of distinct bodies: measure again with more
-        record["max"] = wrk = wrk | {"before": quiet}
+        record["max"] = wrk = wrk | {"before": quiet, "duration_s": duration}
         if target.count_stored is not None:
             wrk["stored_total"], wrk["ok_total"] = target.count_stored(name), acknowledged
+        if target.count_jobs is not None:
+            wrk["drain"] = wait_for_drain(target.count_jobs, name, options.drain_timeout)
         quiet = wait_for_quiet(options.max_noise, options.quiet_timeout)
         paced = run_paced_phase(
             server,
@@ -170,6 +192,8 @@ def run_round(
         )
         acknowledged += paced["ok"]
         record["half"] = paced = paced | {"before": quiet}
+        if target.count_jobs is not None:
+            paced["drain"] = wait_for_drain(target.count_jobs, name, options.drain_timeout)
         if target.count_stored is not None:
             paced["stored_total"], paced["ok_total"] = target.count_stored(name), acknowledged
             record["stored_equals_2xx"] = (
@@ -179,6 +203,33 @@ def run_round(
     finally:
         server.stop()
     return record
+
+
+def wait_for_drain(
+    count_jobs: Callable[[str], dict[str, int]], name: str, timeout: float
+) -> dict[str, Any]:
+    """After a phase: wait until no job is pending or running; how long, how fast, and did
+    every job end ``done`` (none dead)?"""
+    started = time.monotonic()
+    first = count_jobs(name)
+    counts = first
+    while counts.get("pending", 0) + counts.get("running", 0) > 0:
+        if time.monotonic() - started > timeout:
+            break
+        time.sleep(0.25)
+        counts = count_jobs(name)
+    seconds = time.monotonic() - started
+    backlog = first.get("pending", 0) + first.get("running", 0)
+    drained = counts.get("done", 0) - first.get("done", 0)  # all of the backlog, unless timed out
+    total = sum(counts.values())
+    return {
+        "backlog_at_end_of_load": backlog,
+        "done_during_load": first.get("done", 0),
+        "drain_s": round(seconds, 2),
+        "drain_jobs_per_s": round(drained / seconds, 1) if drained and seconds > 0 else None,
+        "jobs": counts,
+        "all_done": counts.get("done", 0) == total,
+    }
 
 
 def run_probe(target: Target, options: Options) -> dict[str, Any] | None:
@@ -252,6 +303,18 @@ def summarize(
         "server_cpu_ms_per_request": middle["max"]["server_cpu_ms_per_request"],
         "other_cpu_share_max": max(noise(r) for r in rounds),
     }
+    if all("drain" in r["max"] for r in rounds):
+        drains = [r["max"]["drain"] for r in used]
+        summary["drain"] = {
+            "burst_s": used[0]["max"]["duration_s"],
+            "backlog": statistics.median(d["backlog_at_end_of_load"] for d in drains),
+            "done_during_load": statistics.median(d["done_during_load"] for d in drains),
+            "drain_s": statistics.median(d["drain_s"] for d in drains),
+            "drain_jobs_per_s": statistics.median(d["drain_jobs_per_s"] or 0 for d in drains),
+            "all_done": all(
+                r[phase]["drain"]["all_done"] for r in rounds for phase in ("max", "half")
+            ),
+        }
     if all("stored_equals_2xx" in r for r in rounds):
         summary["stored_equals_2xx"] = all(r["stored_equals_2xx"] for r in rounds)
         summary["stored"] = sum(r["half"]["stored_total"] for r in rounds)
@@ -270,7 +333,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def table(summaries: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| target | req/s | vs anchor | p50 ms | p99 ms | non-2xx | stored == 2xx "
-        "| p99 ms @ half rate | ack->done p50 ms (in-process / worker process) | quiet rounds |",
+        "| p99 ms @ half rate | ack->done p50 ms (serve / --no-worker + worker) | quiet rounds |",
         "|" + "---|" * 10,
     ]
     for name, s in summaries.items():
@@ -288,6 +351,20 @@ def table(summaries: dict[str, dict[str, Any]]) -> str:
             f"| {_fmt(s['half_rate']['p99_ms'])} ({_fmt(round(s['half_rate']['rate']))}/s) "
             f"| {_fmt(idle)} / {_fmt(split.get('p50'))} | {s['quiet_rounds']}/{s['rounds']} |"
         )
+    drained = {name: s["drain"] for name, s in summaries.items() if "drain" in s}
+    if drained:
+        lines += [
+            "",
+            "| target | backlog after the burst (jobs) | done during the burst | drain s "
+            "| drain jobs/s | every job done |",
+            "|" + "---|" * 6,
+        ]
+        for name, d in drained.items():
+            lines.append(
+                f"| {name} | {_fmt(round(d['backlog']))} | {_fmt(round(d['done_during_load']))} "
+                f"| {_fmt(d['drain_s'])} | {_fmt(d['drain_jobs_per_s'])} "
+                f"| {'yes' if d['all_done'] else 'NO'} |"
+            )
     return "\n".join(lines)
 
 
@@ -361,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
                 for phase in ("max", "half")
             ]
             print(f"stored != 2xx for {name}, round {n}: {'; '.join(counts)}", file=sys.stderr)
-    if mismatched:
+    undone = [n for n, s in summaries.items() if s.get("drain", {}).get("all_done") is False]
+    for name in undone:
+        print(f"not every job of {name} ended done (see the JSON)", file=sys.stderr)
+    if mismatched or undone:
         return 1
     return 0
 

@@ -113,7 +113,8 @@ def cpu_meter(server: Server, into: dict[str, Any]) -> Iterator[None]:
     """
     database_pids = server.database_pids() if server.database_pids else []
     busy0, total0 = _busy_ticks()
-    server0 = process_cpu_seconds(server.pid)
+    # The server's children count as the server (serve's worker process), not as noise.
+    server0 = _cpu_of(process_tree(server.pid))
     database0 = _cpu_of(database_pids)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     self0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -121,7 +122,8 @@ def cpu_meter(server: Server, into: dict[str, Any]) -> Iterator[None]:
     yield
     wall = time.monotonic() - wall0
     busy1, total1 = _busy_ticks()
-    used = process_cpu_seconds(server.pid) - server0
+    server1 = _cpu_of(process_tree(server.pid))
+    used = sum(server1[pid] - server0.get(pid, 0.0) for pid in server1)
     database1 = _cpu_of(database_pids)
     database = sum(database1[pid] - database0[pid] for pid in database1.keys() & database0.keys())
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)

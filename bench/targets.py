@@ -12,16 +12,20 @@ from typing import Any
 from bench.procs import Server, base_env, process_tree, voicehooks_argv
 
 SECRET = "wsec_bench_secret_not_for_production"
-# The voicehooks targets: (store, whether `serve` runs its workers in-process). The ingest rows
-# run `serve --no-worker` (the receiving process; workers run as `voicehooks worker`), so they
-# measure ingest. "sqlite-workers" is plain `serve`: its in-process workers run the built-in
-# handlers on every delivery while it receives, in the same process.
-VOICEHOOKS_TARGETS = {
-    "sqlite": ("sqlite", False),
-    "postgres": ("postgres", False),
-    "sqlite-workers": ("sqlite", True),
+# The voicehooks targets: (store, workers, extra environment). "sqlite" and "postgres" run
+# `serve --no-worker` (the receiving process of a deployment whose workers run apart), so they
+# measure ingest alone. "serve" is `voicehooks serve` as the README starts it: default settings,
+# its workers (a child process, receiver/worker_process.py) running the built-in handlers on
+# every delivery while it receives. "serve-threads" (not run by default) is the same with the
+# workers as threads of the serve process (VOICEHOOKS_WORKER_PROCESS=false), as before issue 16.
+VOICEHOOKS_TARGETS: dict[str, tuple[str, bool, dict[str, str]]] = {
+    "sqlite": ("sqlite", False, {}),
+    "postgres": ("postgres", False, {}),
+    "serve": ("sqlite", True, {}),
+    "serve-threads": ("sqlite", True, {"VOICEHOOKS_WORKER_PROCESS": "false"}),
 }
-TARGETS = ("anchor", "naive", *VOICEHOOKS_TARGETS)
+TARGETS = ("anchor", "naive", "sqlite", "postgres", "serve")  # the default selection
+ALL_TARGETS = (*TARGETS, "serve-threads")
 
 
 @dataclass
@@ -34,6 +38,9 @@ class Target:
     count_stored: Callable[[str], int] | None = None
     # For the idle ack -> handler completion probe: the database URL of a named server.
     database_url: Callable[[str], str] | None = None
+    # Targets whose workers run while they receive: job counts by status, to wait for the
+    # backlog to drain after a phase.
+    count_jobs: Callable[[str], dict[str, int]] | None = None
 
 
 def build_targets(
@@ -47,14 +54,14 @@ def build_targets(
             targets.append(
                 Target(
                     name,
-                    "bare Starlette: read body, 200",
+                    "bare Starlette: read body, 200 (access log off)",
                     _app("bench.anchor_app:app", env, workdir),
                 )
             )
         elif name == "naive":
             targets.append(_naive(env, workdir))
         elif name in VOICEHOOKS_TARGETS:
-            kind, in_process_workers = VOICEHOOKS_TARGETS[name]
+            kind, in_process_workers, extra_env = VOICEHOOKS_TARGETS[name]
             if kind == "postgres" and not postgres:
                 postgres.append(_durable_postgres(cleanup))
             targets.append(
@@ -62,12 +69,12 @@ def build_targets(
                     name,
                     in_process_workers,
                     postgres[0] if kind == "postgres" else None,
-                    env,
+                    env | extra_env,
                     workdir,
                 )
             )
         else:
-            raise SystemExit(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+            raise SystemExit(f"unknown target {name!r}; choose from {', '.join(ALL_TARGETS)}")
     return targets
 
 
@@ -141,15 +148,21 @@ def _voicehooks(
         return server
 
     store = "PostgreSQL" if postgres is not None else "SQLite"
-    describe = f"voicehooks serve, {store}" + (
-        ", in-process workers running the built-in handlers" if in_process_workers else ""
-    )
+    if not in_process_workers:
+        describe = f"voicehooks serve --no-worker, {store}"
+    elif env.get("VOICEHOOKS_WORKER_PROCESS") == "false":
+        describe = f"voicehooks serve, {store}, workers as threads in the serve process"
+    else:
+        describe = f"voicehooks serve (default), {store}, built-in handlers in its worker child"
     return Target(
         name,
         describe,
         make,
         count_stored=lambda server_name: count_deliveries(url_for(server_name)),
         database_url=None if in_process_workers else url_for,
+        count_jobs=(lambda server_name: count_jobs(url_for(server_name)))
+        if in_process_workers
+        else None,
     )
 
 
@@ -160,6 +173,19 @@ def count_deliveries(database_url: str) -> int:
     try:
         with engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def count_jobs(database_url: str) -> dict[str, int]:
+    """Jobs by status (pending, running, done, dead)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY status"))
+            return {str(status): int(count) for status, count in rows}
     finally:
         engine.dispose()
 

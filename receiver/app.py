@@ -34,6 +34,7 @@ from receiver.settings import Settings
 from receiver.sources.base import Source
 from receiver.store import migrate
 from receiver.store.db import StoreGone
+from receiver.worker_process import WorkerProcess
 
 log = structlog.get_logger(__name__)
 _NO_QUERY = QueryParams()  # immutable, so one instance serves every request without a query
@@ -171,6 +172,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
     """
     return {
         "log_level": settings.log_level,
+        "access_log": settings.access_log,
         "proxy_headers": False,
         "server_header": False,
         "timeout_graceful_shutdown": 30,
@@ -182,8 +184,14 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(
-    settings: Settings | None = None, *, services: Services | None = None, run_worker: bool = True
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    run_worker: bool = True,
+    worker_process: WorkerProcess | None = None,
 ) -> Starlette:
+    """The app; workers run in-process threads (``run_worker``) or in ``worker_process``, a
+    child started once the store is migrated and stopped with the app."""
     services = services or Services.create(settings or Settings())
     settings = services.settings
 
@@ -195,16 +203,20 @@ def create_app(
         services.inbox.start()
         if run_worker:
             services.worker.start_in_thread()
+        if worker_process is not None:
+            worker_process.start()
         log.info(
             "receiver_started",
             sources=sorted(services.sources),
             handlers=len(services.registry),
-            worker=run_worker,
+            worker="process" if worker_process is not None else run_worker,
         )
         try:
             yield
         finally:
             services.inbox.stop()
+            if worker_process is not None:
+                await anyio.to_thread.run_sync(worker_process.stop)
             if run_worker:
                 await anyio.to_thread.run_sync(services.worker.stop)
             services.close()

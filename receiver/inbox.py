@@ -40,6 +40,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from receiver import jobs, metrics, wakeup
+from receiver.ingest_signal import IngestSignal
 from receiver.jobs import IncomingDelivery, Key, Receipt
 from receiver.registry import Registry
 from receiver.store.db import StoreFile
@@ -65,12 +66,15 @@ class Inbox:
         max_batch: int = 256,
         on_new_jobs: Callable[[], None] | None = None,
         timeout: float | None = None,
+        ingest_signal: IngestSignal | None = None,
     ) -> None:
         self._engine = engine
         self._timeout = timeout
         self._registry = registry
         self._max_batch = max_batch
         self._on_new_jobs = on_new_jobs
+        # Raised while deliveries wait for a commit: workers defer to them (ingest_signal.py).
+        self._signal = ingest_signal
         # Lists of waiting deliveries (see accept), or None: stop.
         self._queue: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()
         self._waiting: dict[asyncio.AbstractEventLoop, list[Pending]] = {}
@@ -135,6 +139,8 @@ class Inbox:
             raise StoreTimeout(f"the store did not answer within {self._timeout:g} s") from None
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._signal is not None:
+            self._signal.set_busy(True)
         self._queue.put(self._waiting.pop(loop))
 
     def accept_now(self, incoming: IncomingDelivery) -> Receipt:
@@ -179,6 +185,8 @@ class Inbox:
                     carry.extend(item)
                 batch, carry = carry[: self._max_batch], carry[self._max_batch :]
                 self._commit_batch(batch)
+                if self._signal is not None:
+                    self._signal.set_busy(bool(carry) or not self._queue.empty())
         finally:
             self._close_connection()
 

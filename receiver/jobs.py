@@ -429,6 +429,9 @@ class ClaimedJob:
     handler: str
     attempts: int
     lease_token: str
+    # The delivery row, read in the claim's transaction (``claim_many``), so that running the
+    # job needs no second query; None: the worker loads it (``load_delivery``).
+    delivery: Any = field(default=None, compare=False, repr=False)
 
 
 def claim(
@@ -438,37 +441,81 @@ def claim(
     died). Postgres skips rows other workers hold; SQLite serialises writers anyway.
     ``delivery_id`` limits the claim to that delivery's jobs (a command waiting for its own
     submission runs it, and nobody else's work)."""
+    claimed = claim_many(engine, lease_seconds, 1, delivery_id=delivery_id)
+    return claimed[0] if claimed else None
+
+
+def claim_many(
+    engine: Engine, lease_seconds: float, limit: int, *, delivery_id: int | None = None
+) -> list[ClaimedJob]:
+    """Take up to ``limit`` due jobs, oldest first, in one transaction, each with its delivery.
+
+    One commit (one fsync) for the batch instead of one per job, and the delivery rows come in
+    the same transaction: a worker running several jobs at once claims them together."""
     now = utcnow()
     token = secrets.token_hex(16)
-    due = or_(
-        and_(jobs_table.c.status == JobStatus.pending, jobs_table.c.run_at <= now),
-        and_(jobs_table.c.status == JobStatus.running, jobs_table.c.lease_until < now),
+    limit = max(1, limit)
+    only = true() if delivery_id is None else jobs_table.c.delivery_id == delivery_id
+    columns = (
+        jobs_table.c.id,
+        jobs_table.c.delivery_id,
+        jobs_table.c.handler,
+        jobs_table.c.attempts,
     )
-    query = (
-        select(
-            jobs_table.c.id, jobs_table.c.delivery_id, jobs_table.c.handler, jobs_table.c.attempts
-        )
-        .where(due)
-        .where(true() if delivery_id is None else jobs_table.c.delivery_id == delivery_id)
+    # Two queries, each a range of the (status, run_at) index: one OR of both conditions made
+    # SQLite scan and sort the whole table on every claim, which slowed a 100k-job backlog's
+    # drain to a crawl. Jobs of dead workers (expired leases) first, then the due pending ones.
+    expired = (
+        select(*columns)
+        .where(jobs_table.c.status == JobStatus.running, jobs_table.c.lease_until < now)
+        .where(only)
         .order_by(jobs_table.c.run_at)
-        .limit(1)
+        .limit(limit)
         .with_for_update(skip_locked=True)
     )
     with writer(engine).begin() as conn:
-        row = conn.execute(query).first()
-        if row is None:
-            return None
+        rows = list(conn.execute(expired).all())
+        if len(rows) < limit:
+            pending = (
+                select(*columns)
+                .where(jobs_table.c.status == JobStatus.pending, jobs_table.c.run_at <= now)
+                .where(only)
+                .order_by(jobs_table.c.run_at)
+                .limit(limit - len(rows))
+                .with_for_update(skip_locked=True)
+            )
+            rows += conn.execute(pending).all()
+        if not rows:
+            return []
+        ids = [row.id for row in rows]
         conn.execute(
             update(jobs_table)
-            .where(jobs_table.c.id == row.id)
+            .where(jobs_table.c.id.in_(ids))
             .values(
                 status=JobStatus.running,
-                attempts=row.attempts + 1,
+                attempts=jobs_table.c.attempts + 1,
                 lease_until=now + timedelta(seconds=lease_seconds),
                 lease_token=token,
             )
         )
-    return ClaimedJob(row.id, row.delivery_id, row.handler, row.attempts + 1, token)
+        wanted = {row.delivery_id for row in rows}
+        deliveries = {
+            delivery.id: delivery
+            for delivery in conn.execute(
+                select(deliveries_table).where(deliveries_table.c.id.in_(wanted))
+            )
+        }
+    return [
+        ClaimedJob(
+            row.id,
+            row.delivery_id,
+            row.handler,
+            row.attempts + 1,
+            token,
+            deliveries.get(row.delivery_id),
+        )
+        for row in rows
+    ]
 
 
 def _guarded(job: ClaimedJob) -> Any:
@@ -509,6 +556,25 @@ def complete(
         return False
     session.commit()
     return True
+
+
+def complete_many(engine: Engine, claimed: Sequence[ClaimedJob]) -> set[int]:
+    """Mark several jobs done in one transaction (one commit for all): for jobs whose handler
+    wrote nothing through ``ctx.session``, so there is no handler transaction to join. Each job
+    is still guarded by its own lease token; returns the ids that were still held (done)."""
+    if not claimed:
+        return set()
+    held = or_(
+        *(and_(jobs_table.c.id == j.id, jobs_table.c.lease_token == j.lease_token) for j in claimed)
+    )
+    statement = (
+        update(jobs_table)
+        .where(held)
+        .values(status=JobStatus.done, finished_at=utcnow(), lease_until=None, last_error=None)
+        .returning(jobs_table.c.id)
+    )
+    with writer(engine).begin() as conn:
+        return {row.id for row in conn.execute(statement)}
 
 
 def retry_delay(attempts: int, base: float, cap: float) -> float:

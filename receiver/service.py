@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from receiver.inbox import Inbox
+from receiver.ingest_signal import IngestSignal
 from receiver.registry import Registry, load_registry
 from receiver.settings import Settings
 from receiver.sources import load_sources
@@ -49,13 +50,15 @@ class Services:
         blobs.ensure_dirs()
         registry = registry if registry is not None else load_registry(settings.plugins)
         sources = load_sources(settings)
-        worker = Worker(engine, registry, sources, blobs, settings)
+        signal = IngestSignal.in_dir(settings.data_dir)
+        worker = Worker(engine, registry, sources, blobs, settings, ingest_signal=signal)
         inbox = Inbox(
             engine,
             registry,
             max_batch=settings.inbox_max_batch,
             on_new_jobs=worker.wake,
             timeout=settings.store_timeout_seconds,
+            ingest_signal=signal,
         )
         return cls(settings, engine, blobs, registry, sources, inbox, worker)
 

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 
 log = structlog.get_logger(__name__)
 CHANNEL = "voicehooks_jobs"
-SQLITE_INTERVAL = 0.02  # seconds between two reads of PRAGMA data_version
+SQLITE_INTERVAL = 0.005  # seconds between two reads of PRAGMA data_version (~10 us each)
 LISTEN_TIMEOUT = 0.25  # seconds a Postgres listener waits before checking for stop
 RECONNECT_DELAY = 2.0  # seconds before a failed watcher connects again
 

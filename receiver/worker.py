@@ -8,6 +8,11 @@ lost (this worker stalled and another took the job over), the handler's writes a
 rather than applied twice.
 A worker killed mid-job simply lets its lease expire; the job is claimed again.
 
+The concurrent loops share their claims: one transaction (``jobs.claim_many``) claims a job for
+each idle loop, with its delivery row. A job whose handler wrote nothing through its session (a
+no-op, or one that only calls out) has no transaction to join, so it is marked done together
+with the others that finish meanwhile (``jobs.complete_many``: one commit for several).
+
 Workers run on their own thread and event loop, so a slow or blocking handler never delays the
 receiver's acknowledgements.
 """
@@ -19,6 +24,7 @@ import contextlib
 import inspect
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import anyio
@@ -39,6 +45,7 @@ from receiver.events import (
     RunAgainLater,
 )
 from receiver.inbox import Inbox
+from receiver.ingest_signal import MAX_YIELD_SECONDS, POLL_SECONDS, IngestSignal
 from receiver.jobs import ClaimedJob
 from receiver.registry import PeriodicSpec, Registry
 from receiver.retention import prune_daily
@@ -57,6 +64,11 @@ def describe_error(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
+def _wrote(session: Session) -> bool:
+    """Whether a handler used its transaction (then the job's end must commit with it)."""
+    return bool(session.in_transaction() or session.new or session.dirty or session.deleted)
+
+
 class Worker:
     def __init__(
         self,
@@ -65,8 +77,10 @@ class Worker:
         sources: dict[str, Source],
         blobs: BlobStore,
         settings: Settings,
+        ingest_signal: IngestSignal | None = None,
     ) -> None:
         self.engine = engine
+        self.ingest_signal = ingest_signal
         self._writer = writer(engine)
         self.registry = registry
         self.sources = sources
@@ -78,6 +92,13 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._store = StoreBackoff("worker", settings.worker_poll_seconds)
+        # Claimed together (``jobs.claim_many``), run one by one by the concurrent loops.
+        self._claimed: deque[ClaimedJob] = deque()
+        self._claiming = asyncio.Lock()  # one claim at a time, for as many loops as are idle
+        self._busy = 0  # loops running a job
+        # Jobs whose handler wrote nothing, waiting to be marked done together.
+        self._finished: list[tuple[ClaimedJob, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Future[None] | None = None
 
     # -- running on a thread of its own ---------------------------------------------------------
 
@@ -126,11 +147,12 @@ class Worker:
 
     async def _loop_forever(self) -> None:
         assert self._wakeup is not None
-        while not self._stopping:
+        while not self._stopping or self._claimed:  # jobs in hand are finished before stopping
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self._wakeup.clear()
+            await self._defer_to_ingest()
             try:
-                job = await anyio.to_thread.run_sync(self.claim)
+                job = await self._next_job()
             except Exception as exc:
                 await self._wait_out(exc)
                 continue
@@ -143,6 +165,8 @@ class Worker:
                     # must not die of it, or the worker idles forever once the store is back;
                     # the job's lease expires and it is claimed again.
                     await self._wait_out(exc)
+                finally:
+                    self._busy -= 1
                 continue
             if self._stopping:  # stop() may have woken us while we looked
                 break
@@ -198,6 +222,57 @@ class Worker:
     def claim(self, delivery_id: int | None = None) -> ClaimedJob | None:
         return jobs.claim(self.engine, self.settings.job_lease_seconds, delivery_id=delivery_id)
 
+    async def _defer_to_ingest(self) -> None:
+        """Start nothing while deliveries wait for their commit (receiver/ingest_signal.py),
+        for at most ``MAX_YIELD_SECONDS``: acknowledging comes first, the backlog after."""
+        signal = self.ingest_signal
+        if signal is None or not signal.busy():
+            return
+        deadline = time.monotonic() + MAX_YIELD_SECONDS
+        while signal.busy() and not self._stopping and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _next_job(self) -> ClaimedJob | None:
+        """A job claimed earlier, or a fresh batch: one claim transaction (one commit) for all
+        the loops that are idle, never more, so no claimed job waits for a free loop while its
+        lease runs. The caller counts as busy from here until its ``execute`` ends."""
+        async with self._claiming:
+            if not self._claimed and not self._stopping:
+                idle = max(1, self.settings.worker_concurrency - self._busy)
+                batch = await anyio.to_thread.run_sync(
+                    jobs.claim_many, self.engine, self.settings.job_lease_seconds, idle
+                )
+                self._claimed.extend(batch)
+            if not self._claimed:
+                return None
+            self._busy += 1
+            return self._claimed.popleft()
+
+    async def _complete_together(self, job: ClaimedJob) -> bool:
+        """Mark ``job`` done along with the others that finish meanwhile, in one transaction
+        (group commit, like the inbox's): for handlers that wrote nothing of their own."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._finished.append((job, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_finished())
+        return await future
+
+    async def _flush_finished(self) -> None:
+        while self._finished:
+            batch, self._finished = self._finished, []
+            try:
+                done = await anyio.to_thread.run_sync(
+                    jobs.complete_many, self.engine, [job for job, _ in batch]
+                )
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for job, future in batch:
+                if not future.done():
+                    future.set_result(job.id in done)
+
     # -- execute ------------------------------------------------------------------------------
 
     async def execute(self, job: ClaimedJob) -> None:
@@ -217,7 +292,10 @@ class Worker:
                 raise RuntimeError(
                     f"handler {job.handler} is not installed (was its plugin removed?)"
                 )
-            event = await anyio.to_thread.run_sync(self._load_event, job)
+            if job.delivery is not None:  # read with the claim: nothing to wait for
+                event = self._load_event(job)
+            else:
+                event = await anyio.to_thread.run_sync(self._load_event, job)
         except Exception as exc:
             return await anyio.to_thread.run_sync(self._record_failure, job, exc)
         # The session's transaction starts at the handler's first statement, not before: a
@@ -239,7 +317,10 @@ class Worker:
             try:
                 if inspect.iscoroutinefunction(spec.func):
                     await spec.func(event, ctx)
-                    completed = await anyio.to_thread.run_sync(jobs.complete, session, job)
+                    if _wrote(session):
+                        completed = await anyio.to_thread.run_sync(jobs.complete, session, job)
+                    else:
+                        completed = await self._complete_together(job)
                 else:
                     # Handler, completion and commit in one thread: one transaction, one owner.
                     completed = await anyio.to_thread.run_sync(
@@ -282,7 +363,9 @@ class Worker:
         return jobs.complete(ctx.session, job)
 
     def _load_event(self, job: ClaimedJob) -> Event:
-        row = jobs.load_delivery(self.engine, job.delivery_id)
+        row = job.delivery
+        if row is None:
+            row = jobs.load_delivery(self.engine, job.delivery_id)
         source = self.sources.get(row.source)
         if source is None:
             raise PermanentFailure(f"delivery {row.id} is from unknown source {row.source!r}")

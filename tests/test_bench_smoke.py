@@ -64,6 +64,19 @@ def test_every_2xx_answer_is_a_stored_delivery(quick_run) -> None:  # type: igno
 
 
 @pytest.mark.slow
+def test_the_default_serve_drains_its_backlog_with_every_job_done(quick_run) -> None:  # type: ignore[no-untyped-def]
+    document, printed = quick_run
+    drain = document["summary"]["serve"]["drain"]
+    assert drain["all_done"] is True
+    (record,) = document["rounds"]["serve"]
+    for phase in ("max", "half"):
+        jobs = record[phase]["drain"]["jobs"]
+        # one transcription job per stored delivery, every one of them done
+        assert jobs == {"done": record[phase]["stored_total"]}, phase
+    assert "| serve |" in printed.split("drain jobs/s")[1]
+
+
+@pytest.mark.slow
 def test_acknowledgement_to_handler_completion_is_measured(quick_run) -> None:  # type: ignore[no-untyped-def]
     document, _ = quick_run
     for name in PROBED:

@@ -126,7 +126,9 @@ def test_handler_writes_commit_with_completion_and_roll_back_on_error(
         if ctx.attempt == 1:
             raise RuntimeError("fail after writing")
 
-    settings = make_settings(database_url, tmp_path / "d", job_retry_base_seconds=60)
+    settings = make_settings(
+        database_url, tmp_path / "d", job_retry_base_seconds=60, job_retry_max_seconds=120
+    )
     services = services_factory(
         settings,
         Registry.of(

@@ -14,6 +14,7 @@ from receiver.gc_tuning import freeze_startup_objects
 from receiver.logging import configure as configure_logging
 from receiver.settings import Settings
 from receiver.store.db import shown_url
+from receiver.worker_process import WorkerProcess, follow_parent
 
 
 def serve(
@@ -45,7 +46,12 @@ def serve(
     console.print(literal(f"voicehooks store: {store} (data: {settings.data_dir})"), soft_wrap=True)
     services.inspector_token = inspector_token(settings, host, port)
     services.settings = settings.model_copy(update={"migrate_on_start": False})
-    app_ = create_app(services=services, run_worker=not no_worker)
+    # Workers in a niced child process by default: processing never slows acknowledging.
+    in_child = settings.worker_process and not no_worker
+    child = WorkerProcess(nice=settings.worker_nice) if in_child else None
+    app_ = create_app(
+        services=services, run_worker=not no_worker and not in_child, worker_process=child
+    )
     freeze_startup_objects()
     announcement = Text(f"voicehooks listening on http://{host}:{port}")
     listen.run(app_, sock, announcement, **server_options(settings))
@@ -78,12 +84,22 @@ def inspector_token(settings: Settings, host: str, port: int) -> SecretStr | Non
 def worker() -> None:
     """Run workers only (scale out: several `worker` processes on one Postgres)."""
     import asyncio
+    import signal
 
+    follow_parent()
     services = load_services(create=True)
     freeze_startup_objects()
     console.print("voicehooks worker running; Ctrl-C to stop", highlight=False)
+
+    async def run_until_signalled() -> None:
+        # SIGTERM (how `serve` stops its worker child) and Ctrl-C: finish the jobs in hand.
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, services.worker.stop)
+        await services.worker.run()
+
     try:
-        asyncio.run(services.worker.run())
+        asyncio.run(run_until_signalled())
     except KeyboardInterrupt:
         pass
     finally:
