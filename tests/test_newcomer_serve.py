@@ -54,7 +54,10 @@ def test_serve_names_its_store_masked_and_listens_when_it_says_so(
     port = free_port()
     proc = subprocess.Popen(
         serve_command(port),
-        env=serve_env(url, tmp_path / "data", VOICEHOOKS_LOG_LEVEL="info"),
+        # The access log is off by default; on here, to see that its records are JSON too.
+        env=serve_env(
+            url, tmp_path / "data", VOICEHOOKS_LOG_LEVEL="info", VOICEHOOKS_ACCESS_LOG="true"
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -391,6 +391,7 @@ def test_serve_prints_a_sign_in_link_and_keeps_the_token_out_of_logs(tmp_path: P
         "VOICEHOOKS_DATA_DIR": str(tmp_path / "data"),
         "VOICEHOOKS_ELEVENLABS_SECRETS": SECRET,
         "VOICEHOOKS_LOG_LEVEL": "info",
+        "VOICEHOOKS_ACCESS_LOG": "true",  # off by default; on here, where a token could leak
         "PYTHONPATH": str(ROOT),
     }
     log = tmp_path / "serve.log"
