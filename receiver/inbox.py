@@ -129,19 +129,18 @@ class Inbox:
             waiting = self._waiting[loop] = []
             loop.call_soon(self._hand_over, loop)
         waiting.append((incoming, loop, future))
-        if self._timeout is None:
-            return await future
-        try:
-            # On timeout the future is cancelled: a writer that has not started its batch yet
-            # leaves this delivery out (see _commit_batch).
-            return await asyncio.wait_for(future, self._timeout)
-        except TimeoutError:
-            raise StoreTimeout(f"the store did not answer within {self._timeout:g} s") from None
+        return await future
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._signal is not None:
             self._signal.set_busy(True)
-        self._queue.put(self._waiting.pop(loop))
+        handed = self._waiting.pop(loop)
+        if self._timeout is not None:
+            # One timer for the deliveries handed over together, not one per request: they all
+            # started waiting in this turn of the loop. It holds their futures, not their bodies.
+            futures = [future for _, _, future in handed]
+            loop.call_later(self._timeout, _give_up, futures, self._timeout)
+        self._queue.put(handed)
 
     def accept_now(self, incoming: IncomingDelivery) -> Receipt:
         """Store one delivery from the calling thread (in-process replay, backfill, tests).
@@ -350,6 +349,15 @@ class Inbox:
         return [
             spec.name for spec in self._registry.handlers_for(item.source, item.identity.event_type)
         ]
+
+
+def _give_up(futures: list[asyncio.Future[Receipt]], timeout: float) -> None:
+    """The store did not answer in time: those still waiting get ``StoreTimeout`` (503). Their
+    futures are then done, so a writer that has not started their batch yet leaves them out
+    (see ``_commit_batch``)."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(StoreTimeout(f"the store did not answer within {timeout:g} s"))
 
 
 def _resolve_all(

@@ -12,10 +12,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
-import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver.errors import WebhookError
@@ -29,11 +29,14 @@ def body_timeout(seconds: float) -> WebhookError:
     )
 
 
-@contextlib.contextmanager
-def body_deadline(seconds: float) -> Iterator[None]:
-    """Raise the 408 ``WebhookError`` when the block (reading a body) outlasts ``seconds``."""
+@contextlib.asynccontextmanager
+async def body_deadline(seconds: float) -> AsyncIterator[None]:
+    """Raise the 408 ``WebhookError`` when the block (reading a body) outlasts ``seconds``.
+
+    ``asyncio.timeout`` rather than anyio's ``fail_after``: the receiver runs on asyncio, and
+    this is on every delivery's path, where anyio's cancel scope cost several times as much."""
     try:
-        with anyio.fail_after(seconds):
+        async with asyncio.timeout(seconds):
             yield
     except TimeoutError:
         raise body_timeout(seconds) from None

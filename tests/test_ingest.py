@@ -207,3 +207,36 @@ def test_health_and_readiness(settings, services_factory, live_server) -> None: 
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
     assert "voicehooks_deliveries_total" in httpx.get(f"{server.url}/metrics").text
+
+
+def test_a_bug_while_receiving_is_a_logged_json_500_and_other_methods_405(
+    settings,
+    services_factory,
+    live_server,
+    capfd,  # type: ignore[no-untyped-def]
+) -> None:
+    """Deliveries skip Starlette's middleware (ReceiverApp), so the fast path must still turn an
+    unexpected exception into the documented 500 with a traceback in the log, and the webhook
+    paths must still answer other methods with the JSON 405 of the route list."""
+    services = services_factory(settings, REGISTRY)
+    elevenlabs = services.sources["elevenlabs"]
+
+    class Broken(type(elevenlabs)):  # type: ignore[misc]
+        def begin(self, headers, query):  # type: ignore[no-untyped-def]
+            raise RuntimeError("a bug in a source")
+
+    services.sources["elevenlabs"] = Broken(elevenlabs.settings)
+    server = live_server(services, run_worker=False)
+    response = server.post_signed(event_body())
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "internal_error",
+        "detail": "an unexpected error occurred",
+    }
+    captured = capfd.readouterr()
+    logged = captured.out + captured.err
+    assert "unhandled_error" in logged and "a bug in a source" in logged
+    assert count(services, Delivery) == 0
+    for path in ("/webhooks/elevenlabs", "/webhooks/elevenlabs/"):
+        wrong = httpx.get(f"{server.url}{path}")
+        assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
