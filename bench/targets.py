@@ -23,9 +23,11 @@ VOICEHOOKS_TARGETS: dict[str, tuple[str, bool, dict[str, str]]] = {
     "postgres": ("postgres", False, {}),
     "serve": ("sqlite", True, {}),
     "serve-threads": ("sqlite", True, {"VOICEHOOKS_WORKER_PROCESS": "false"}),
+    "sqlite-threads": ("sqlite", False, {"VOICEHOOKS_INBOX_PROCESS": "false"}),
+    "postgres-threads": ("postgres", False, {"VOICEHOOKS_INBOX_PROCESS": "false"}),
 }
 TARGETS = ("anchor", "naive", "sqlite", "postgres", "serve")  # the default selection
-ALL_TARGETS = (*TARGETS, "serve-threads")
+ALL_TARGETS = (*TARGETS, "serve-threads", "sqlite-threads", "postgres-threads")
 
 
 @dataclass
@@ -150,6 +152,8 @@ def _voicehooks(
     store = "PostgreSQL" if postgres is not None else "SQLite"
     if not in_process_workers:
         describe = f"voicehooks serve --no-worker, {store}"
+        if env.get("VOICEHOOKS_INBOX_PROCESS") == "false":
+            describe += ", inbox writes on threads of serve"
     elif env.get("VOICEHOOKS_WORKER_PROCESS") == "false":
         describe = f"voicehooks serve, {store}, workers as threads in the serve process"
     else:

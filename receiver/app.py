@@ -26,7 +26,8 @@ from starlette.types import Receive, Scope, Send
 from receiver import jobs, metrics, ui
 from receiver.body import asgi_body_chunks, read_body, too_large
 from receiver.errors import WebhookError
-from receiver.inbox import IncomingDelivery, Receipt
+from receiver.inbox import Inbox, IncomingDelivery, Receipt
+from receiver.inbox_process import InboxProcess
 from receiver.limits import CONNECTION_HEADROOM, ConcurrencyLimit, body_deadline
 from receiver.service import Services
 from receiver.settings import Settings
@@ -72,9 +73,10 @@ class WebhookEndpoint:
     cost a Request, a Response and two wrapper layers per delivery for nothing it needs.
     """
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, inbox: Inbox | InboxProcess) -> None:
         self.services = services
         self.settings = services.settings
+        self.inbox = inbox
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.handle(scope, receive, send, scope["path_params"]["source"])
@@ -141,7 +143,7 @@ class WebhookEndpoint:
             content_type=content_type[:128] or None,
         )
         try:
-            return await services.inbox.accept(incoming)
+            return await self.inbox.accept(incoming)
         except Exception as exc:
             # One line, no traceback: during an outage every request fails the same way.
             log.error("inbox_unavailable", source=source.name, error=f"{type(exc).__name__}: {exc}")
@@ -253,18 +255,34 @@ def create_app(
     services: Services | None = None,
     run_worker: bool = True,
     worker_process: WorkerProcess | None = None,
+    inbox_process: bool = False,
 ) -> Starlette:
     """The app; workers run in-process threads (``run_worker``) or in ``worker_process``, a
-    child started once the store is migrated and stopped with the app."""
+    child started once the store is migrated and stopped with the app. Deliveries are committed
+    by the inbox's threads, or with ``inbox_process`` by a child of their own (what ``serve``
+    does, receiver/inbox_process.py)."""
     services = services or Services.create(settings or Settings())
     settings = services.settings
+    writer = (
+        InboxProcess(
+            settings,
+            services.registry.routes,
+            on_new_jobs=services.worker.wake if run_worker else None,
+        )
+        if inbox_process
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await anyio.to_thread.run_sync(services.migrate)
         services.warn_unconfigured()
-        services.inbox.start()
+        if writer is not None:
+            services.inbox.store_file.remember()  # what /readyz checks
+            await writer.start()
+        else:
+            services.inbox.start()
         if run_worker:
             services.worker.start_in_thread()
         if worker_process is not None:
@@ -278,7 +296,10 @@ def create_app(
         try:
             yield
         finally:
-            services.inbox.stop()
+            if writer is not None:
+                await writer.stop()
+            else:
+                services.inbox.stop()
             if worker_process is not None:
                 await anyio.to_thread.run_sync(worker_process.stop)
             if run_worker:
@@ -347,7 +368,7 @@ def create_app(
         log.exception("unhandled_error", path=request.url.path)
         return _internal_error()
 
-    webhooks = WebhookEndpoint(services)
+    webhooks = WebhookEndpoint(services, writer or services.inbox)
     routes = [
         # ReceiverApp answers these POSTs before the middleware stack (see its docstring).
         Route("/webhooks/{source}", webhooks, methods=["POST"]),

@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import Engine
@@ -41,12 +41,18 @@ from sqlalchemy.exc import IntegrityError
 
 from receiver import jobs, metrics, wakeup
 from receiver.ingest_signal import IngestSignal
-from receiver.jobs import IncomingDelivery, Key, Receipt
-from receiver.registry import Registry
+from receiver.jobs import IncomingDelivery, Key, Receipt, Routes
 from receiver.store.db import StoreFile
 
 log = structlog.get_logger(__name__)
 __all__ = ["Inbox", "IncomingDelivery", "Receipt", "StoreTimeout"]
+
+
+class Routing(Protocol):
+    """What the inbox needs of the registry: which handlers get a job for which event
+    (``Registry`` is one; the inbox process keeps the routes it was sent)."""
+
+    def routes(self) -> Routes: ...
 
 
 class StoreTimeout(Exception):
@@ -61,7 +67,7 @@ class Inbox:
     def __init__(
         self,
         engine: Engine,
-        registry: Registry,
+        registry: Routing,
         *,
         max_batch: int = 256,
         on_new_jobs: Callable[[], None] | None = None,
@@ -196,32 +202,46 @@ class Inbox:
         batch = [pending for pending in batch if not pending[2].done()]
         if not batch:
             return
-        metrics.INBOX_BATCH_SIZE.observe(len(batch))
-        started = time.perf_counter()
         try:
-            receipts = self._write([incoming for incoming, _, _ in batch], reuse=True)
+            receipts = self.store_batch([incoming for incoming, _, _ in batch])
         except Exception as exc:
-            # A database that is away fails every batch the same way: one line each, no
-            # traceback. Anything else is a bug worth its traceback.
-            expected = isinstance(exc, self._engine.dialect.loaded_dbapi.Error)
-            log.error(
-                "inbox_write_failed",
-                batch=len(batch),
-                error=f"{type(exc).__name__}: {exc}",
-                exc_info=not expected,
-            )
             _resolve_all([(loop, future, None, exc) for _, loop, future in batch])
             return
-        metrics.INBOX_COMMIT_SECONDS.observe(time.perf_counter() - started)
         _resolve_all(
             [
                 (loop, future, receipt, None)
                 for (_, loop, future), receipt in zip(batch, receipts, strict=True)
             ]
         )
+
+    def store_batch(self, items: list[IncomingDelivery]) -> list[Receipt]:
+        """Store ``items`` in one transaction on this thread's kept connection, and tell the
+        workers: what a writer thread does with a batch, and what the inbox process
+        (receiver/inbox_process.py) calls directly. A failure is logged and raised."""
+        metrics.INBOX_BATCH_SIZE.observe(len(items))
+        started = time.perf_counter()
+        try:
+            receipts = self._write(items, reuse=True)
+        except Exception as exc:
+            # A database that is away fails every batch the same way: one line each, no
+            # traceback. Anything else is a bug worth its traceback.
+            expected = isinstance(exc, self._engine.dialect.loaded_dbapi.Error)
+            log.error(
+                "inbox_write_failed",
+                batch=len(items),
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=not expected,
+            )
+            raise
+        metrics.INBOX_COMMIT_SECONDS.observe(time.perf_counter() - started)
         self._notify(receipts)
         if self._announce and any(r.jobs for r in receipts):
             self._announce_to_other_processes()
+        return receipts
+
+    def close(self) -> None:
+        """Close the calling thread's kept connection (``store_batch`` outside the writers)."""
+        self._close_connection()
 
     def _announce_to_other_processes(self) -> None:
         """NOTIFY workers in other processes (see receiver/wakeup.py); the requests are answered
@@ -326,9 +346,7 @@ class Inbox:
             key = item.key
             delivery_id = ids.get(key)
             if delivery_id is not None and fresh[key] is item:
-                jobs = (
-                    0 if item.identity.parse_error is not None else len(self._handler_names(item))
-                )
+                jobs = 0 if item.identity.parse_error is not None else self._job_count(item, routes)
                 receipts.append(Receipt(delivery_id, False, jobs))
                 continue
             # A duplicate: of a delivery in this batch, or of one stored before.
@@ -345,10 +363,9 @@ class Inbox:
             self._writes.record_conflicts(conn, conflicts)
         return receipts
 
-    def _handler_names(self, item: IncomingDelivery) -> list[str]:
-        return [
-            spec.name for spec in self._registry.handlers_for(item.source, item.identity.event_type)
-        ]
+    def _job_count(self, item: IncomingDelivery, routes: Routes) -> int:
+        source, event_type = item.source, item.identity.event_type
+        return sum(1 for route in routes if route[0] == source and route[1] == event_type)
 
 
 def _give_up(futures: list[asyncio.Future[Receipt]], timeout: float) -> None:

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
 
     # Group commit: how many deliveries one inbox transaction may carry.
     inbox_max_batch: int = Field(default=256, ge=1)
+    # `serve` commits deliveries from a child process (receiver/inbox_process.py), so storing
+    # never competes with answering for the interpreter lock; false: threads of serve itself.
+    # (Other commands that store deliveries, such as replay --in-process, always use threads.)
+    inbox_process: bool = True
 
     # Stored bodies of deliveries older than this many days, whose jobs are done, are deleted
     # daily by serve/worker (`voicehooks prune`); None keeps everything.

@@ -149,8 +149,10 @@ def live_server() -> Iterator[Callable[..., LiveServer]]:
     """Start the real app under uvicorn on a loopback port, in a background thread."""
     with contextlib.ExitStack() as servers:
 
-        def start(services: Services, *, run_worker: bool = True) -> LiveServer:
-            app = create_app(services=services, run_worker=run_worker)
+        def start(
+            services: Services, *, run_worker: bool = True, inbox_process: bool = False
+        ) -> LiveServer:
+            app = create_app(services=services, run_worker=run_worker, inbox_process=inbox_process)
             return LiveServer(servers.enter_context(serve_in_thread(app)), services)
 
         yield start

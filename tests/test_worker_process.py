@@ -38,12 +38,26 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def worker_child(server: ServerProcess) -> int:
+def command(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+def workers(server: ServerProcess) -> list[int]:
+    """Its `voicehooks worker` children (serve's other child is its inbox process)."""
     assert server.proc is not None
-    pids = wait_until(lambda: children(server.proc.pid), timeout=20)  # type: ignore[union-attr]
+    pids = children(server.proc.pid)
+    return [pid for pid in pids if command(pid)[-3:-1] == [b"receiver", b"worker"]]
+
+
+def inbox_child(server: ServerProcess) -> int:
+    assert server.proc is not None
+    (pid,) = [p for p in children(server.proc.pid) if b"receiver.inbox_process" in command(p)]
+    return pid
+
+
+def worker_child(server: ServerProcess) -> int:
+    pids = wait_until(lambda: workers(server), timeout=20)
     assert isinstance(pids, list) and len(pids) == 1, pids
-    cmdline = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
-    assert cmdline[-3:-1] == [b"receiver", b"worker"], cmdline
     return pids[0]
 
 
@@ -109,10 +123,7 @@ def test_a_worker_child_that_dies_is_restarted(store: tuple[str, Path], tmp_path
     try:
         first = worker_child(server)
         os.kill(first, signal.SIGKILL)
-        second = wait_until(
-            lambda: [p for p in children(server.proc.pid) if p != first],  # type: ignore[union-attr]
-            timeout=20,
-        )
+        second = wait_until(lambda: [p for p in workers(server) if p != first], timeout=20)
         assert isinstance(second, list) and len(second) == 1
         delivery = deliver(server, "after-restart")
         wait_until(lambda: processed(db, delivery), timeout=30)
@@ -126,11 +137,11 @@ def test_a_killed_serve_takes_its_worker_child_with_it(
 ) -> None:
     url, db = store
     server = ServerProcess(url, tmp_path / "data").start()
-    child = worker_child(server)
+    child, inbox = worker_child(server), inbox_child(server)
     delivery = deliver(server, "before-kill")
     wait_until(lambda: processed(db, delivery), timeout=20)  # the child is up and working
-    server.kill()  # SIGKILL: serve cannot stop the child itself
-    wait_until(lambda: not alive(child), timeout=15)
+    server.kill()  # SIGKILL: serve cannot stop its children itself
+    wait_until(lambda: not alive(child) and not alive(inbox), timeout=15)
 
 
 @pytest.mark.slow
@@ -141,7 +152,7 @@ def test_worker_process_false_keeps_the_workers_in_serve(
     server = ServerProcess(url, tmp_path / "data", VOICEHOOKS_WORKER_PROCESS="false").start()
     try:
         assert server.proc is not None
-        assert children(server.proc.pid) == []
+        assert workers(server) == [] and inbox_child(server)
         delivery = deliver(server, "in-process")
         wait_until(lambda: processed(db, delivery), timeout=20)
     finally:

@@ -50,7 +50,10 @@ def serve(
     in_child = settings.worker_process and not no_worker
     child = WorkerProcess(nice=settings.worker_nice) if in_child else None
     app_ = create_app(
-        services=services, run_worker=not no_worker and not in_child, worker_process=child
+        services=services,
+        run_worker=not no_worker and not in_child,
+        worker_process=child,
+        inbox_process=settings.inbox_process,
     )
     freeze_startup_objects()
     announcement = Text(f"voicehooks listening on http://{host}:{port}")
