@@ -23,8 +23,10 @@ a job whose lease was lost while it waited in the queue is not started.
 
 On Postgres the claims and the group completions each run on a connection the worker keeps in
 autocommit mode: no pool checkout, so no pre-ping round trip, per transaction. A connection that
-fails is dropped (SQLAlchemy invalidates it on a disconnect), the worker backs off
-(``StoreBackoff``) and the next claim opens a new one.
+fails is dropped; one the database had dropped while it was idle (a restart: what a pre-ping
+would have caught) is replaced at once and the statement tried again, as the inbox does with
+its kept connections. Otherwise the worker backs off (``StoreBackoff``) and the next claim opens
+a new one.
 
 Workers run on their own thread and event loop, so a slow or blocking handler never delays the
 receiver's acknowledgements.
@@ -45,6 +47,7 @@ import anyio
 import httpx
 import structlog
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from receiver import fetch, jobs, metrics
@@ -92,8 +95,10 @@ class KeptConnection:
     """A connection a worker keeps for one kind of transaction (claims, or group completions),
     used by one thread at a time, in autocommit mode: each of its statements commits on its own.
     Checking a connection out of the pool for every transaction cost a pre-ping round trip
-    each. One that fails is dropped (after a disconnect SQLAlchemy has invalidated it); the next
-    call checks out a fresh one, which the pool does pre-ping."""
+    each. One that fails is dropped. When it failed because the database had dropped it while
+    it was idle (a restart, a failover: SQLAlchemy saw a disconnect and invalidated it), which
+    a pre-ping would have caught, the call is tried once more on a fresh one; the pool
+    pre-pings that one at checkout."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -101,16 +106,18 @@ class KeptConnection:
 
     def run(self, func: Callable[..., _T], *args: object) -> _T:
         conn = self._conn
+        fresh = conn is None
         if conn is None:
             conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             self._conn = conn
         try:
             return func(conn, *args)
-        except BaseException:
-            self._conn = None
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise
+        except BaseException as exc:
+            self.close()
+            if fresh or not (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+                raise
+            log.warning("worker_reconnecting", error=type(exc.orig).__name__)
+            return self.run(func, *args)  # on a fresh connection: not retried again
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
