@@ -30,22 +30,27 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Integer,
+    String,
     Table,
-    and_,
+    bindparam,
+    column,
     func,
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
+from sqlalchemy.sql.selectable import TextualSelect
 from sqlmodel import Session
 
 from receiver.registry import Registry
 from receiver.sources.base import Authenticity, Identity
 from receiver.store.db import writer
 from receiver.store.models import Delivery, Job, JobStatus
-from receiver.store.types import utcnow
+from receiver.store.types import UTCDateTime, utcnow
 from receiver.wakeup import CHANNEL as WAKEUP_CHANNEL
 
 deliveries_table: Table = Delivery.__table__  # type: ignore[attr-defined]  # SQLModel adds it
@@ -445,16 +450,37 @@ def claim(
     return claimed[0] if claimed else None
 
 
+Bind = Engine | Connection  # see ``claim_many``
+
+
+@contextlib.contextmanager
+def _autocommit(bind: Bind) -> Iterator[Connection]:
+    """A connection whose every statement commits on its own (Postgres): an engine's, checked
+    out for the call, or the caller's kept one (already in autocommit mode)."""
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    with bind.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def claim_many(
-    engine: Engine, lease_seconds: float, limit: int, *, delivery_id: int | None = None
+    bind: Bind, lease_seconds: float, limit: int, *, delivery_id: int | None = None
 ) -> list[ClaimedJob]:
-    """Take up to ``limit`` due jobs, oldest first, in one transaction, each with its delivery.
+    """Take up to ``limit`` due jobs, oldest first (expired leases before pending jobs), each
+    with its delivery row, under one fresh lease token.
 
     One commit (one fsync) for the batch instead of one per job, and the delivery rows come in
-    the same transaction: a worker running several jobs at once claims them together."""
+    the same transaction: a worker running several jobs at once claims them together.
+
+    ``bind`` is an engine, or on Postgres a connection the caller keeps in autocommit mode (the
+    worker's: no pool checkout, and so no pre-ping round trip, per claim)."""
     now = utcnow()
     token = secrets.token_hex(16)
     limit = max(1, limit)
+    if bind.dialect.name == "postgresql":
+        return _claim_postgres(bind, now, token, lease_seconds, limit, delivery_id)
+    assert isinstance(bind, Engine), "SQLite claims run on an engine (BEGIN IMMEDIATE)"
     only = true() if delivery_id is None else jobs_table.c.delivery_id == delivery_id
     columns = (
         jobs_table.c.id,
@@ -471,9 +497,8 @@ def claim_many(
         .where(only)
         .order_by(jobs_table.c.run_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     )
-    with writer(engine).begin() as conn:
+    with writer(bind).begin() as conn:
         rows = list(conn.execute(expired).all())
         if len(rows) < limit:
             pending = (
@@ -482,7 +507,6 @@ def claim_many(
                 .where(only)
                 .order_by(jobs_table.c.run_at)
                 .limit(limit - len(rows))
-                .with_for_update(skip_locked=True)
             )
             rows += conn.execute(pending).all()
         if not rows:
@@ -513,6 +537,99 @@ def claim_many(
             row.attempts + 1,
             token,
             deliveries.get(row.delivery_id),
+        )
+        for row in rows
+    ]
+
+
+# The job columns of a Postgres claim's answer, named apart from the delivery's.
+_CLAIMED_COLUMNS = (
+    column("job_id", Integer),
+    column("job_delivery_id", Integer),
+    column("job_handler", String),
+    column("job_attempts", Integer),
+)
+_claim_statements: dict[bool, TextualSelect] = {}
+
+
+def _claim_statement(one_delivery: bool) -> TextualSelect:
+    """The Postgres claim as one statement: pick (``FOR UPDATE SKIP LOCKED``, so concurrent
+    workers never wait for each other), lease (``UPDATE ... RETURNING``) and read the delivery
+    rows, in a single round trip that commits on its own. Made once per variant, so SQLAlchemy
+    compiles it once and psycopg keeps it prepared."""
+    statement = _claim_statements.get(one_delivery)
+    if statement is None:
+        j, d = jobs_table.name, deliveries_table.name
+        only = " AND delivery_id = :delivery_id" if one_delivery else ""
+        delivery_columns = ", ".join(f"d.{c.name}" for c in deliveries_table.c)
+        sql = (
+            # Jobs of dead workers (expired leases) first, then the due pending ones: each a
+            # range of the (status, run_at) index.
+            f"WITH expired AS (SELECT id, run_at FROM {j} "
+            f"WHERE status = :running AND lease_until < :now{only} "
+            "ORDER BY run_at LIMIT :limit FOR UPDATE SKIP LOCKED), "
+            f"due AS (SELECT id, run_at FROM {j} "
+            f"WHERE status = :pending AND run_at <= :now{only} "
+            "ORDER BY run_at LIMIT :limit FOR UPDATE SKIP LOCKED), "
+            "picked AS (SELECT id, 0 AS kind, run_at FROM expired "
+            "UNION ALL SELECT id, 1 AS kind, run_at FROM due "
+            "ORDER BY kind, run_at LIMIT :limit), "
+            f"claimed AS (UPDATE {j} SET status = :running, attempts = {j}.attempts + 1, "
+            "lease_until = :until, lease_token = :token "
+            f"FROM picked WHERE {j}.id = picked.id "
+            f"RETURNING {j}.id AS job_id, {j}.delivery_id AS job_delivery_id, "
+            f"{j}.handler AS job_handler, {j}.attempts AS job_attempts, "
+            "picked.kind AS job_kind, picked.run_at AS job_run_at) "
+            f"SELECT claimed.job_id, claimed.job_delivery_id, claimed.job_handler, "
+            f"claimed.job_attempts, {delivery_columns} "
+            f"FROM claimed LEFT JOIN {d} AS d ON d.id = claimed.job_delivery_id "
+            "ORDER BY claimed.job_kind, claimed.job_run_at, claimed.job_id"
+        )
+        statement = (
+            text(sql)
+            .bindparams(
+                bindparam("now", type_=UTCDateTime()),
+                bindparam("until", type_=UTCDateTime()),
+            )
+            .columns(*_CLAIMED_COLUMNS, *_delivery_result_columns())
+        )
+        _claim_statements[one_delivery] = statement
+    return statement
+
+
+def _delivery_result_columns() -> list[Any]:
+    return [column(c.name, c.type) for c in deliveries_table.c]
+
+
+def _claim_postgres(
+    bind: Bind,
+    now: datetime,
+    token: str,
+    lease_seconds: float,
+    limit: int,
+    delivery_id: int | None,
+) -> list[ClaimedJob]:
+    params: dict[str, object] = {
+        "now": now,
+        "until": now + timedelta(seconds=lease_seconds),
+        "token": token,
+        "limit": limit,
+        "running": JobStatus.running.value,
+        "pending": JobStatus.pending.value,
+    }
+    if delivery_id is not None:
+        params["delivery_id"] = delivery_id
+    with _autocommit(bind) as conn:
+        rows = conn.execute(_claim_statement(delivery_id is not None), params).all()
+        conn.commit()  # ends SQLAlchemy's transaction marker; the statement committed already
+    return [
+        ClaimedJob(
+            row.job_id,
+            row.job_delivery_id,
+            row.job_handler,
+            row.job_attempts,  # as updated: this attempt's number
+            token,
+            row if row.id is not None else None,
         )
         for row in rows
     ]
@@ -558,23 +675,59 @@ def complete(
     return True
 
 
-def complete_many(engine: Engine, claimed: Sequence[ClaimedJob]) -> set[int]:
+def complete_many(bind: Bind, claimed: Sequence[ClaimedJob]) -> set[int]:
     """Mark several jobs done in one transaction (one commit for all): for jobs whose handler
     wrote nothing through ``ctx.session``, so there is no handler transaction to join. Each job
-    is still guarded by its own lease token; returns the ids that were still held (done)."""
+    is still guarded by its own lease token; returns the ids that were still held (done).
+
+    Postgres: one statement over arrays of (id, token), in autocommit (one round trip). SQLite:
+    one ``UPDATE`` per lease token (jobs claimed together share theirs), in one transaction."""
     if not claimed:
         return set()
-    held = or_(
-        *(and_(jobs_table.c.id == j.id, jobs_table.c.lease_token == j.lease_token) for j in claimed)
-    )
-    statement = (
-        update(jobs_table)
-        .where(held)
-        .values(status=JobStatus.done, finished_at=utcnow(), lease_until=None, last_error=None)
-        .returning(jobs_table.c.id)
-    )
-    with writer(engine).begin() as conn:
-        return {row.id for row in conn.execute(statement)}
+    now = utcnow()
+    if bind.dialect.name == "postgresql":
+        with _autocommit(bind) as conn:
+            done = conn.execute(
+                _COMPLETE_MANY_PG,
+                {
+                    "now": now,
+                    "done": JobStatus.done.value,
+                    "ids": [job.id for job in claimed],
+                    "tokens": [job.lease_token for job in claimed],
+                },
+            ).scalars()
+            ids = set(done)
+            conn.commit()
+        return ids
+    assert isinstance(bind, Engine), "SQLite transitions run on an engine (BEGIN IMMEDIATE)"
+    values = {"status": JobStatus.done, "finished_at": now, "lease_until": None, "last_error": None}
+    ids = set()
+    with writer(bind).begin() as conn:
+        for token, group in _by_token(claimed).items():
+            statement = (
+                update(jobs_table)
+                .where(jobs_table.c.lease_token == token, jobs_table.c.id.in_(group))
+                .values(**values)
+                .returning(jobs_table.c.id)
+            )
+            ids.update(conn.execute(statement).scalars())
+    return ids
+
+
+_COMPLETE_MANY_PG = text(
+    f"UPDATE {jobs_table.name} SET status = :done, finished_at = :now, lease_until = NULL, "
+    "last_error = NULL "
+    "FROM unnest(CAST(:ids AS INTEGER[]), CAST(:tokens AS VARCHAR[])) AS held(id, token) "
+    f"WHERE {jobs_table.name}.id = held.id AND {jobs_table.name}.lease_token = held.token "
+    f"RETURNING {jobs_table.name}.id"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+def _by_token(claimed: Sequence[ClaimedJob]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for job in claimed:
+        groups.setdefault(job.lease_token, []).append(job.id)
+    return groups
 
 
 def retry_delay(attempts: int, base: float, cap: float) -> float:
@@ -599,13 +752,28 @@ def fail(engine: Engine, job: ClaimedJob, message: str, *, retry_in: float | Non
         conn.execute(_guarded(job).values(**values))
 
 
-def extend_lease(engine: Engine, job: ClaimedJob, lease_seconds: float) -> None:
-    """Keep a long job (a 300 MB audio decode) from being taken over while it works."""
+def extend_leases(bind: Bind, held: Sequence[ClaimedJob], lease_seconds: float) -> set[int]:
+    """Keep jobs a worker holds (running, or claimed and waiting for a free loop) from being
+    taken over while it works, in one transaction; returns the ids whose lease was still this
+    worker's (the others were taken over: their outcome will not be recorded)."""
+    if not held:
+        return set()
     until = utcnow() + timedelta(seconds=lease_seconds)
-    with writer(engine).begin() as conn:
-        conn.execute(
-            _guarded(job).where(jobs_table.c.status == JobStatus.running).values(lease_until=until)
-        )
+    kept: set[int] = set()
+    with writer(bind).begin() if isinstance(bind, Engine) else _autocommit(bind) as conn:
+        for token, group in _by_token(held).items():
+            statement = (
+                update(jobs_table)
+                .where(
+                    jobs_table.c.lease_token == token,
+                    jobs_table.c.id.in_(group),
+                    jobs_table.c.status == JobStatus.running,
+                )
+                .values(lease_until=until)
+                .returning(jobs_table.c.id)
+            )
+            kept.update(conn.execute(statement).scalars())
+    return kept
 
 
 def load_delivery(engine: Engine, delivery_id: int) -> Any:

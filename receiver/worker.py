@@ -8,10 +8,25 @@ lost (this worker stalled and another took the job over), the handler's writes a
 rather than applied twice.
 A worker killed mid-job simply lets its lease expire; the job is claimed again.
 
-The concurrent loops share their claims: one transaction (``jobs.claim_many``) claims a job for
-each idle loop, with its delivery row. A job whose handler wrote nothing through its session (a
-no-op, or one that only calls out) has no transaction to join, so it is marked done together
-with the others that finish meanwhile (``jobs.complete_many``: one commit for several).
+The concurrent loops share their claims: one transaction (``jobs.claim_many``; on Postgres one
+statement) claims a job for each idle loop, with its delivery row, and when the backlog is deep
+(the last claim found as many jobs as it asked for) up to ``PREFETCH_PER_LOOP`` more per loop,
+which wait in the worker's queue for a free loop. A job whose handler wrote nothing through its
+session (a no-op, or one that only calls out) has no transaction to join, so it is marked done
+together with the others that finish meanwhile (``jobs.complete_many``: one commit for
+several), and its loop goes on to the next job without waiting for that commit.
+
+One lease keeper per worker extends, every third of the lease, the leases of every job the
+worker holds: running, waiting in its queue, or waiting to be marked done. A worker that stalls
+(its event loop blocked) extends nothing, so its jobs are taken over when their leases run out;
+a job whose lease was lost while it waited in the queue is not started.
+
+On Postgres the claims and the group completions each run on a connection the worker keeps in
+autocommit mode: no pool checkout, so no pre-ping round trip, per transaction. A connection that
+fails is dropped; one the database had dropped while it was idle (a restart: what a pre-ping
+would have caught) is replaced at once and the statement tried again, as the inbox does with
+its kept connections. Otherwise the worker backs off (``StoreBackoff``) and the next claim opens
+a new one.
 
 Workers run on their own thread and event loop, so a slow or blocking handler never delays the
 receiver's acknowledgements.
@@ -26,11 +41,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 import httpx
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from receiver import fetch, jobs, metrics
@@ -57,6 +74,11 @@ from receiver.wakeup import CommitWatcher
 
 log = structlog.get_logger(__name__)
 MAX_ERROR_CHARS = jobs.MAX_ERROR_CHARS
+_T = TypeVar("_T")
+# Jobs claimed ahead per loop when the backlog is deep: they wait in the worker's queue, their
+# leases kept by the lease keeper, so at most this many per loop are held back from other
+# workers.
+PREFETCH_PER_LOOP = 1
 
 
 def describe_error(exc: BaseException) -> str:
@@ -67,6 +89,41 @@ def describe_error(exc: BaseException) -> str:
 def _wrote(session: Session) -> bool:
     """Whether a handler used its transaction (then the job's end must commit with it)."""
     return bool(session.in_transaction() or session.new or session.dirty or session.deleted)
+
+
+class KeptConnection:
+    """A connection a worker keeps for one kind of transaction (claims, or group completions),
+    used by one thread at a time, in autocommit mode: each of its statements commits on its own.
+    Checking a connection out of the pool for every transaction cost a pre-ping round trip
+    each. One that fails is dropped. When it failed because the database had dropped it while
+    it was idle (a restart, a failover: SQLAlchemy saw a disconnect and invalidated it), which
+    a pre-ping would have caught, the call is tried once more on a fresh one; the pool
+    pre-pings that one at checkout."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+
+    def run(self, func: Callable[..., _T], *args: object) -> _T:
+        conn = self._conn
+        fresh = conn is None
+        if conn is None:
+            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._conn = conn
+        try:
+            return func(conn, *args)
+        except BaseException as exc:
+            self.close()
+            if fresh or not (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+                raise
+            log.warning("worker_reconnecting", error=type(exc.orig).__name__)
+            return self.run(func, *args)  # on a fresh connection: not retried again
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 class Worker:
@@ -96,9 +153,20 @@ class Worker:
         self._claimed: deque[ClaimedJob] = deque()
         self._claiming = asyncio.Lock()  # one claim at a time, for as many loops as are idle
         self._busy = 0  # loops running a job
-        # Jobs whose handler wrote nothing, waiting to be marked done together.
-        self._finished: list[tuple[ClaimedJob, asyncio.Future[bool]]] = []
+        self._deep = False  # the last claim found as many jobs as it asked for
+        # Every job this worker holds a lease on (queued, running, or waiting to be marked
+        # done), by id: what the lease keeper extends.
+        self._held: dict[int, ClaimedJob] = {}
+        self._keeper: asyncio.Future[None] | None = None
+        # Jobs whose handler wrote nothing, waiting to be marked done together: with the
+        # handler's duration, and a future for a caller that waits for the outcome.
+        self._finished: list[tuple[ClaimedJob, float, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Future[None] | None = None
+        # Postgres: kept autocommit connections (no pre-ping per transaction); SQLite: the
+        # engine (its claims need BEGIN IMMEDIATE, and it has no pre-ping).
+        postgres = engine.dialect.name == "postgresql"
+        self._claims = KeptConnection(engine) if postgres else None
+        self._completions = KeptConnection(engine) if postgres else None
 
     # -- running on a thread of its own ---------------------------------------------------------
 
@@ -141,9 +209,14 @@ class Worker:
                     async with anyio.create_task_group() as tasks:
                         for _ in range(max(1, self.settings.worker_concurrency)):
                             tasks.start_soon(self._loop_forever)
+                    await self._settled()  # jobs waiting to be marked done, then stop
                     background.cancel_scope.cancel()  # the workers stopped: so do the tasks
         finally:
+            self._stop_keeper()
             await anyio.to_thread.run_sync(watcher.stop)
+            for kept in (self._claims, self._completions):
+                if kept is not None:
+                    await anyio.to_thread.run_sync(kept.close)
 
     async def _loop_forever(self) -> None:
         assert self._wakeup is not None
@@ -159,7 +232,7 @@ class Worker:
             self._store.succeeded()
             if job is not None:
                 try:
-                    await self.execute(job)
+                    await self.execute(job, wait=False)
                 except Exception as exc:
                     # Its outcome could not be recorded (the store went away mid-job). This loop
                     # must not die of it, or the worker idles forever once the store is back;
@@ -212,9 +285,12 @@ class Worker:
         count = 0
         async with fetch.guarded_client(self.settings, timeout=timeout) as http:
             self._http = http
-            while (job := self.claim(delivery_id)) is not None:
-                await self.execute(job)
-                count += 1
+            try:
+                while (job := self.claim(delivery_id)) is not None:
+                    await self.execute(job)
+                    count += 1
+            finally:
+                self._stop_keeper()
         return count
 
     # -- claim --------------------------------------------------------------------------------
@@ -232,60 +308,145 @@ class Worker:
         while signal.busy() and not self._stopping and time.monotonic() < deadline:
             await asyncio.sleep(POLL_SECONDS)
 
+    def _claim_batch(self, limit: int) -> list[ClaimedJob]:
+        """One claim transaction for up to ``limit`` jobs (on a worker thread)."""
+        lease = self.settings.job_lease_seconds
+        if self._claims is None:
+            return jobs.claim_many(self.engine, lease, limit)
+        return self._claims.run(jobs.claim_many, lease, limit)
+
     async def _next_job(self) -> ClaimedJob | None:
         """A job claimed earlier, or a fresh batch: one claim transaction (one commit) for all
-        the loops that are idle, never more, so no claimed job waits for a free loop while its
-        lease runs. The caller counts as busy from here until its ``execute`` ends."""
+        the loops that are idle, and when the backlog is deep ``PREFETCH_PER_LOOP`` more per
+        loop, kept leased while they wait (``_keep_leases``). The caller counts as busy from
+        here until its ``execute`` ends."""
         async with self._claiming:
-            if not self._claimed and not self._stopping:
-                idle = max(1, self.settings.worker_concurrency - self._busy)
-                batch = await anyio.to_thread.run_sync(
-                    jobs.claim_many, self.engine, self.settings.job_lease_seconds, idle
-                )
-                self._claimed.extend(batch)
-            if not self._claimed:
-                return None
-            self._busy += 1
-            return self._claimed.popleft()
+            while True:
+                if not self._claimed and not self._stopping:
+                    concurrency = max(1, self.settings.worker_concurrency)
+                    want = max(1, concurrency - self._busy)
+                    if self._deep:
+                        want += PREFETCH_PER_LOOP * concurrency
+                    batch = await anyio.to_thread.run_sync(self._claim_batch, want)
+                    self._deep = len(batch) == want
+                    for claimed in batch:
+                        self._held[claimed.id] = claimed
+                    self._claimed.extend(batch)
+                    if batch:
+                        self._start_keeper()
+                if not self._claimed:
+                    return None
+                job = self._claimed.popleft()
+                if job.id in self._held:
+                    self._busy += 1
+                    return job
+                # Its lease was lost while it waited (the keeper could not extend it in time,
+                # and another worker took it over): it is not ours to run.
+                log.warning("lease_lost", job_id=job.id, handler=job.handler, started=False)
 
-    async def _complete_together(self, job: ClaimedJob) -> bool:
+    def _complete_later(self, job: ClaimedJob, seconds: float) -> asyncio.Future[bool]:
         """Mark ``job`` done along with the others that finish meanwhile, in one transaction
-        (group commit, like the inbox's): for handlers that wrote nothing of their own."""
+        (group commit, like the inbox's): for handlers that wrote nothing of their own. The
+        outcome is logged and counted when that commit returns; the future says whether the
+        lease was still held (an exception: the store failed)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._finished.append((job, future))
+        self._finished.append((job, seconds, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush_finished())
-        return await future
+        return future
+
+    def _complete_batch(self, finished: list[ClaimedJob]) -> set[int]:
+        if self._completions is None:
+            return jobs.complete_many(self.engine, finished)
+        return self._completions.run(jobs.complete_many, finished)
 
     async def _flush_finished(self) -> None:
         while self._finished:
             batch, self._finished = self._finished, []
             try:
                 done = await anyio.to_thread.run_sync(
-                    jobs.complete_many, self.engine, [job for job, _ in batch]
+                    self._complete_batch, [job for job, _, _ in batch]
                 )
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                # Not recorded: the leases are left to run out (the keeper lets them go), and
+                # the jobs are claimed again, as if this worker had died.
+                log.warning(
+                    "jobs_not_completed", jobs=len(batch), error=f"{type(exc).__name__}: {exc}"
+                )
+                for job, _, future in batch:
+                    self._held.pop(job.id, None)
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: nobody may be waiting for it
                 continue
-            for job, future in batch:
-                if not future.done():
-                    future.set_result(job.id in done)
+            for job, seconds, future in batch:
+                self._held.pop(job.id, None)
+                completed = job.id in done
+                if completed:
+                    log.info("job_done", job_id=job.id, handler=job.handler, attempt=job.attempts)
+                else:
+                    log.warning("lease_lost", job_id=job.id, handler=job.handler)
+                _count(job.handler, "done" if completed else "lease_lost", seconds)
+                future.set_result(completed)
+
+    async def _settled(self) -> None:
+        """Wait until every job marked done together has been recorded."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def _start_keeper(self) -> None:
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.ensure_future(self._keep_leases())
+
+    def _stop_keeper(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            self._keeper = None
+
+    async def _keep_leases(self) -> None:
+        """Every third of the lease, extend the lease of every job this worker holds, in one
+        transaction: a long handler (a 300 MB audio decode) is not taken over while it works,
+        nor is a job that waits in the queue for a free loop."""
+        interval = self.settings.job_lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                kept = await anyio.to_thread.run_sync(self._extend_leases, held)
+            except Exception:
+                log.warning("lease_extend_failed", jobs=len(held), exc_info=True)
+                continue
+            for job in held:
+                if job.id not in kept:  # taken over: its outcome will not be recorded
+                    self._held.pop(job.id, None)
+
+    def _extend_leases(self, held: list[ClaimedJob]) -> set[int]:
+        return jobs.extend_leases(self.engine, held, self.settings.job_lease_seconds)
 
     # -- execute ------------------------------------------------------------------------------
 
-    async def execute(self, job: ClaimedJob) -> None:
+    async def execute(self, job: ClaimedJob, *, wait: bool = True) -> None:
+        """Run ``job``'s handler and record its outcome. A job whose handler wrote nothing is
+        marked done with others (``_complete_later``): ``wait=False`` (the worker's loops) goes
+        on without waiting for that commit."""
         started = time.perf_counter()
-        heartbeat = asyncio.ensure_future(self._heartbeat(job))
+        self._held[job.id] = job
+        self._start_keeper()
         try:
-            result = await self._run_handler(job)
-        finally:
-            heartbeat.cancel()
-        metrics.JOB_SECONDS.labels(job.handler).observe(time.perf_counter() - started)
-        metrics.JOBS.labels(job.handler, result).inc()
+            result = await self._run_handler(job, started)
+        except BaseException:
+            self._held.pop(job.id, None)
+            raise
+        if isinstance(result, str):
+            self._held.pop(job.id, None)
+            _count(job.handler, result, time.perf_counter() - started)
+        elif wait:
+            await result
 
-    async def _run_handler(self, job: ClaimedJob) -> str:
+    async def _run_handler(self, job: ClaimedJob, started: float) -> str | asyncio.Future[bool]:
         spec = self.registry.get(job.handler)
         try:
             if spec is None:
@@ -317,10 +478,9 @@ class Worker:
             try:
                 if inspect.iscoroutinefunction(spec.func):
                     await spec.func(event, ctx)
-                    if _wrote(session):
-                        completed = await anyio.to_thread.run_sync(jobs.complete, session, job)
-                    else:
-                        completed = await self._complete_together(job)
+                    if not _wrote(session):
+                        return self._complete_later(job, time.perf_counter() - started)
+                    completed = await anyio.to_thread.run_sync(jobs.complete, session, job)
                 else:
                     # Handler, completion and commit in one thread: one transaction, one owner.
                     completed = await anyio.to_thread.run_sync(
@@ -405,15 +565,7 @@ class Worker:
         )
         return "dead" if give_up else "retry"
 
-    async def _heartbeat(self, job: ClaimedJob) -> None:
-        """Extend the lease while a long handler (a 300 MB audio decode) is still working."""
-        interval = self.settings.job_lease_seconds / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await anyio.to_thread.run_sync(self._extend_lease, job)
-            except Exception:
-                log.warning("lease_extend_failed", job_id=job.id, exc_info=True)
 
-    def _extend_lease(self, job: ClaimedJob) -> None:
-        jobs.extend_lease(self.engine, job, self.settings.job_lease_seconds)
+def _count(handler: str, result: str, seconds: float) -> None:
+    metrics.JOB_SECONDS.labels(handler).observe(seconds)
+    metrics.JOBS.labels(handler, result).inc()

@@ -144,14 +144,14 @@ def test_postgres_outage_is_503_then_ingest_and_workers_resume_without_restart(
         job_lease_seconds=3,
     )
     services = services_factory(settings, REGISTRY)
-    claims: list[float] = []  # when the workers tried to claim a job
-    claim = services.worker.claim
+    claims: list[float] = []  # when the workers tried to claim jobs
+    claim = services.worker._claim_batch  # what the worker's loops call (on a worker thread)
 
-    def counted_claim() -> object:
+    def counted_claim(limit: int) -> object:
         claims.append(time.monotonic())
-        return claim()
+        return claim(limit)
 
-    services.worker.claim = counted_claim  # type: ignore[method-assign]
+    services.worker._claim_batch = counted_claim  # type: ignore[method-assign,assignment]
     server = live_server(services)
 
     HOLD.clear()
