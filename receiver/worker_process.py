@@ -5,7 +5,7 @@ lock: under a burst the acknowledgements queued behind the handlers (a 0.03 rati
 endpoint, p99 above a second; issue 16). So ``serve`` runs its workers as a ``voicehooks worker``
 child instead (``VOICEHOOKS_WORKER_PROCESS=false`` keeps the old in-process threads):
 
-- the child is re-niced (``VOICEHOOKS_WORKER_NICE``, default 10), so when both want the CPU the
+- the child runs ``VOICEHOOKS_WORKER_NICE`` (default 10) nice levels below ``serve``, so when both want the CPU the
   kernel gives it to the receiver, and the workers take whatever acknowledging leaves;
 - it is started after ``serve`` has migrated the store, and restarted (after a pause that grows
   to ``MAX_RESTART_DELAY``) if it dies;
@@ -58,6 +58,9 @@ def follow_parent() -> None:
         raise SystemExit(0)
 
 
+MAX_NICE = 19  # the lowest CPU priority there is
+
+
 class WorkerProcess:
     """One supervised ``voicehooks worker`` child; ``start()`` and ``stop()`` from the parent."""
 
@@ -104,7 +107,10 @@ class WorkerProcess:
             )
             if self.nice:
                 # From the parent, not between fork and exec (unsafe with threads running).
-                os.setpriority(os.PRIO_PROCESS, self._process.pid, self.nice)
+                # Relative to serve's own nice value, which the child inherited: set absolutely,
+                # a serve started with `nice -n 15` would have made its workers run above it.
+                below = min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+                os.setpriority(os.PRIO_PROCESS, self._process.pid, below)
         log.info("worker_process_started", pid=self._process.pid, nice=self.nice)
 
     def _supervise(self) -> None:
