@@ -28,17 +28,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
+import queue
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
 import structlog
 
-from receiver.inbox import Inbox, IncomingDelivery, Receipt, StoreTimeout
+from receiver.inbox import POSTGRES_WRITERS, Inbox, IncomingDelivery, Receipt, StoreTimeout
 from receiver.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -279,21 +281,20 @@ class _Reader:
 
     def next_round(self, limit: int) -> list[Any]:
         messages: list[Any] = []
-        self._sock.setblocking(True)
         while not messages and not self.closed:
-            self._fill()
+            self._fill(wait=True)
             messages = self._take(limit)
-        self._sock.setblocking(False)
         while len(messages) < limit and not self.closed:
             try:
-                self._fill()
+                self._fill(wait=False)
             except BlockingIOError:
                 break
             messages += self._take(limit - len(messages))
         return messages
 
-    def _fill(self) -> None:
-        data = self._sock.recv(1 << 20)
+    def _fill(self, *, wait: bool) -> None:
+        # The socket stays blocking (writer threads send on it): MSG_DONTWAIT makes one call not.
+        data = self._sock.recv(1 << 20, 0 if wait else socket.MSG_DONTWAIT)
         if not data:
             self.closed = True
         self._buffer += data
@@ -314,13 +315,13 @@ class _Reader:
 
 def _send(sock: socket.socket, message: Any) -> None:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.setblocking(True)
     sock.sendall(_HEADER.pack(len(payload)) + payload)
 
 
 def _serve(sock: socket.socket) -> None:
-    """Store what the receiver sends until it closes the socket. One thread, no event loop: a
-    round takes every batch that arrived while the last one was being committed."""
+    """Store what the receiver sends until it closes the socket. No event loop: this thread reads,
+    and a writer thread (two on Postgres, see ``POSTGRES_WRITERS``) takes a round at a time: every
+    batch that arrived while the writers were busy, stored in one transaction."""
     from receiver.gc_tuning import freeze_startup_objects
     from receiver.ingest_signal import IngestSignal
     from receiver.logging import configure as configure_logging
@@ -339,7 +340,6 @@ def _serve(sock: socket.socket) -> None:
         store_timeout=settings.store_timeout_seconds,
     )
     routes = _Routes()
-    ingest = IngestSignal.in_dir(settings.data_dir)
     inbox = Inbox(
         engine,
         routes,
@@ -347,34 +347,81 @@ def _serve(sock: socket.socket) -> None:
         timeout=settings.store_timeout_seconds,
     )
     inbox.store_file.remember()
+    writers = 1 if engine.dialect.name == "sqlite" else POSTGRES_WRITERS
+    rounds: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+    free = threading.Semaphore(writers)  # a round is read only when a writer can take it
+    in_flight = _InFlight(IngestSignal.in_dir(settings.data_dir))
+    sending = threading.Lock()
+
+    def store(messages: list[Any]) -> None:
+        deliveries: list[IncomingDelivery] = [d for _, _, batch in messages for d in batch]
+        results: list[Receipt] | list[str]
+        try:
+            results = inbox.store_batch(deliveries)
+        except Exception as exc:
+            results = [f"{type(exc).__name__}: {exc}"] * len(deliveries)
+        offset = 0
+        with sending, contextlib.suppress(OSError):  # receiver gone: the deliveries are stored
+            for batch_id, _, batch in messages:
+                _send(sock, (batch_id, results[offset : offset + len(batch)]))
+                offset += len(batch)
+
+    def write_rounds() -> None:
+        try:
+            while (messages := rounds.get()) is not None:
+                try:
+                    store(messages)
+                finally:
+                    in_flight.done()
+                    free.release()
+        finally:
+            inbox.close()  # this thread's kept connection
+
+    threads = [
+        threading.Thread(target=write_rounds, name=f"voicehooks-inbox-{n}") for n in range(writers)
+    ]
+    for thread in threads:
+        thread.start()
     freeze_startup_objects()
     _send(sock, ("ready",))
     try:
         while True:
+            free.acquire()
             # Messages carry one turn of the receiver's loop each: a few deliveries.
             messages = reader.next_round(max(1, settings.inbox_max_batch // 8))
             if not messages:
                 break  # the receiver closed the socket (stopping) or died
-            ingest.set_busy(True)
-            deliveries: list[IncomingDelivery] = []
-            for _, changed, batch in messages:
+            for _, changed, _ in messages:
                 if changed is not None:
                     routes.current = changed
-                deliveries += batch
-            results: list[Receipt] | list[str]
-            try:
-                results = inbox.store_batch(deliveries)
-            except Exception as exc:
-                results = [f"{type(exc).__name__}: {exc}"] * len(deliveries)
-            ingest.set_busy(False)
-            offset = 0
-            with contextlib.suppress(OSError):  # the receiver is gone: its deliveries are stored
-                for batch_id, _, batch in messages:
-                    _send(sock, (batch_id, results[offset : offset + len(batch)]))
-                    offset += len(batch)
+            in_flight.started()
+            rounds.put(messages)
     finally:
-        inbox.close()
+        for _ in threads:
+            rounds.put(None)
+        for thread in threads:
+            thread.join()  # what was read is stored before the process ends
         engine.dispose()
+
+
+class _InFlight:
+    """Rounds being stored; the ingest signal is raised while there are any (workers defer)."""
+
+    def __init__(self, ingest: Any) -> None:
+        self._signal = ingest
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def started(self) -> None:
+        with self._lock:
+            self._count += 1
+            self._signal.set_busy(True)
+
+    def done(self) -> None:
+        with self._lock:
+            self._count -= 1
+            if self._count == 0:
+                self._signal.set_busy(False)
 
 
 def main(argv: list[str] | None = None) -> None:
