@@ -64,6 +64,21 @@ class _Routes:
         return self.current
 
 
+def _unframe(buffer: bytearray, limit: int | None = None) -> list[Any]:
+    """The whole messages at the start of ``buffer`` (at most ``limit``), removed from it."""
+    messages: list[Any] = []
+    start = 0
+    while (limit is None or len(messages) < limit) and len(buffer) - start >= _HEADER.size:
+        (length,) = _HEADER.unpack_from(buffer, start)
+        end = start + _HEADER.size + length
+        if len(buffer) < end:
+            break
+        messages.append(pickle.loads(memoryview(buffer)[start + _HEADER.size : end]))
+        start = end
+    del buffer[:start]
+    return messages
+
+
 class _Frames(asyncio.Protocol):
     """Length-prefixed pickles off a stream, each handed to ``on_message``."""
 
@@ -79,17 +94,9 @@ class _Frames(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while len(buffer) - start >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(buffer, start)
-            end = start + _HEADER.size + length
-            if len(buffer) < end:
-                break
-            self._on_message(pickle.loads(memoryview(buffer)[start + _HEADER.size : end]))
-            start = end
-        del buffer[:start]
+        self._buffer += data
+        for message in _unframe(self._buffer):
+            self._on_message(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._on_lost(exc)
@@ -300,17 +307,7 @@ class _Reader:
         self._buffer += data
 
     def _take(self, limit: int) -> list[Any]:
-        messages: list[Any] = []
-        buffer, start = self._buffer, 0
-        while len(messages) < limit and len(buffer) - start >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(buffer, start)
-            end = start + _HEADER.size + length
-            if len(buffer) < end:
-                break
-            messages.append(pickle.loads(memoryview(buffer)[start + _HEADER.size : end]))
-            start = end
-        del buffer[:start]
-        return messages
+        return _unframe(self._buffer, limit)
 
 
 def _send(sock: socket.socket, message: Any) -> None:
