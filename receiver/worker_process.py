@@ -5,8 +5,9 @@ lock: under a burst the acknowledgements queued behind the handlers (a 0.03 rati
 endpoint, p99 above a second; issue 16). So ``serve`` runs its workers as a ``voicehooks worker``
 child instead (``VOICEHOOKS_WORKER_PROCESS=false`` keeps the old in-process threads):
 
-- the child runs ``VOICEHOOKS_WORKER_NICE`` (default 10) nice levels below ``serve``, so when both want the CPU the
-  kernel gives it to the receiver, and the workers take whatever acknowledging leaves;
+- the child runs ``VOICEHOOKS_WORKER_NICE`` (default 10) nice levels below ``serve``, so when
+  both want the CPU the kernel gives it to the receiver, and the workers take whatever
+  acknowledging leaves;
 - it is started after ``serve`` has migrated the store, and restarted (after a pause that grows
   to ``MAX_RESTART_DELAY``) if it dies;
 - it stops with ``serve``: SIGTERM, which lets the jobs in hand finish, then SIGKILL after

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -100,45 +98,7 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection: Any) -> None:
         # pysqlite's own transaction handling is disabled (isolation_level=None): we emit BEGIN.
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-        if mode == "IMMEDIATE":
-            take_write_lock(connection.connection.dbapi_connection)
-        else:
-            connection.exec_driver_sql(f"BEGIN {mode}")
-
-
-SQLITE_LOCK_TIMEOUT = 30.0  # seconds a writer waits for SQLite's write lock (= busy_timeout)
-_LOCK_POLL = (0.0001, 0.002)  # first and longest wait between two tries, in seconds
-
-
-def take_write_lock(dbapi_connection: Any, timeout: float = SQLITE_LOCK_TIMEOUT) -> None:
-    """``BEGIN IMMEDIATE``, waiting for the write lock by trying again every 0.1-2 ms.
-
-    SQLite's own busy handler, which ``busy_timeout`` installs, sleeps 1, 2, 5, 10, 15, 20, 25,
-    25, 25, 50... ms between tries, so a writer that queued behind a 2 ms transaction often
-    slept 10 or more: with four worker loops on one file that sleeping, not the work, set the
-    pace of the backlog's drain. Here the lock is asked for again soon after it is released.
-    """
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA busy_timeout=0")
-        deadline = time.monotonic() + timeout
-        delay = _LOCK_POLL[0]
-        while True:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() + delay > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, _LOCK_POLL[1])
-    finally:
-        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        cursor.close()
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc)
+        connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def writer(engine: Engine) -> Engine:
