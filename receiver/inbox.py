@@ -145,7 +145,7 @@ class Inbox:
             # One timer for the deliveries handed over together, not one per request: they all
             # started waiting in this turn of the loop. It holds their futures, not their bodies.
             futures = [future for _, _, future in handed]
-            loop.call_later(self._timeout, _give_up, futures, self._timeout)
+            loop.call_later(self._timeout, give_up, futures, self._timeout)
         self._queue.put(handed)
 
     def accept_now(self, incoming: IncomingDelivery) -> Receipt:
@@ -368,10 +368,10 @@ class Inbox:
         return sum(1 for route in routes if route[0] == source and route[1] == event_type)
 
 
-def _give_up(futures: list[asyncio.Future[Receipt]], timeout: float) -> None:
+def give_up(futures: list[asyncio.Future[Receipt]], timeout: float) -> None:
     """The store did not answer in time: those still waiting get ``StoreTimeout`` (503). Their
     futures are then done, so a writer that has not started their batch yet leaves them out
-    (see ``_commit_batch``)."""
+    (see ``_commit_batch``). The inbox process's receiver side uses it too."""
     for future in futures:
         if not future.done():
             future.set_exception(StoreTimeout(f"the store did not answer within {timeout:g} s"))

@@ -40,7 +40,7 @@ from typing import Any, cast
 
 import structlog
 
-from receiver.inbox import POSTGRES_WRITERS, Inbox, IncomingDelivery, Receipt, StoreTimeout
+from receiver.inbox import POSTGRES_WRITERS, Inbox, IncomingDelivery, Receipt, give_up
 from receiver.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -214,8 +214,7 @@ class InboxProcess:
     def _expire(self, batch: int) -> None:
         futures = self._batches.pop(batch, None)
         if futures:
-            timeout = self._timeout
-            _fail(futures, StoreTimeout(f"the store did not answer within {timeout:g} s"))
+            give_up(futures, self._timeout)
 
     def _answered(self, message: Any) -> None:
         if message == ("ready",):

@@ -18,17 +18,20 @@ from tests.test_worker import job_rows, side_effects, store, transcription
 jobs = Job.__table__
 
 
+
+@pytest.fixture
+def services(database_url, tmp_path, services_factory):  # type: ignore[no-untyped-def]
+    """A store on each database with one job per transcription, for a handler never run."""
+    registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", print)])
+    return services_factory(make_settings(database_url, tmp_path / "d"), registry)
+
 def statuses(services) -> list[str]:  # type: ignore[no-untyped-def]
     return [row.status for row in job_rows(services)]
 
 
 def test_claim_many_takes_the_oldest_due_jobs_with_their_deliveries(
-    database_url,  # type: ignore[no-untyped-def]
-    tmp_path,
-    services_factory,
+    services,  # type: ignore[no-untyped-def]
 ) -> None:
-    registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", print)])
-    services = services_factory(make_settings(database_url, tmp_path / "d"), registry)
     delivery_ids = store(services, 5)
 
     first = job_store.claim_many(services.engine, 60, 3)
@@ -45,12 +48,8 @@ def test_claim_many_takes_the_oldest_due_jobs_with_their_deliveries(
 
 
 def test_complete_many_marks_done_only_the_jobs_whose_lease_is_still_held(
-    database_url,  # type: ignore[no-untyped-def]
-    tmp_path,
-    services_factory,
+    services,  # type: ignore[no-untyped-def]
 ) -> None:
-    registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", print)])
-    services = services_factory(make_settings(database_url, tmp_path / "d"), registry)
     store(services, 3)
     claimed = job_store.claim_many(services.engine, 60, 3)
     lost = claimed[1]
@@ -132,13 +131,9 @@ def test_a_noop_job_whose_lease_was_lost_is_not_marked_done(
 
 
 def test_complete_many_spans_jobs_of_several_claims(
-    database_url,  # type: ignore[no-untyped-def]
-    tmp_path,
-    services_factory,
+    services,  # type: ignore[no-untyped-def]
 ) -> None:
     """A group completion holds jobs of several claims (several lease tokens)."""
-    registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", print)])
-    services = services_factory(make_settings(database_url, tmp_path / "d"), registry)
     store(services, 4)
     first = job_store.claim_many(services.engine, 60, 2)
     second = job_store.claim_many(services.engine, 60, 2)
