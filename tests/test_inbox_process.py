@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from receiver.app import create_app
 from receiver.registry import HandlerSpec, Registry
 from receiver.sources.elevenlabs import sign
 from receiver.store.models import Delivery, Job
-from tests.conftest import SECRET, event_body, serve_in_thread, wait_until
+from tests.conftest import SECRET, event_body, make_settings, serve_in_thread, wait_until
 
 handled: list[str] = []
 handled_lock = threading.Lock()
@@ -109,6 +110,37 @@ def test_a_killed_child_means_503_never_a_lost_200_then_a_new_child_stores(
     assert new_child != child
     accepted = [a.json()["delivery_id"] for a in answers if a.status_code == 200]
     assert stored(services, accepted) == {accepted[0]: 1}
+
+
+def test_a_stalled_child_means_503_within_the_store_timeout_and_the_retry_is_a_duplicate(
+    database_url,
+    tmp_path,
+    services_factory,
+    live_server,  # type: ignore[no-untyped-def]
+) -> None:
+    """A child that stops answering (a stuck disk, a lock held elsewhere) is not a dead one: its
+    requests are answered 503 once the store timeout passes, and what it was sent is stored when
+    it goes on, so the sender's retry finds the delivery instead of losing it."""
+    settings = make_settings(database_url, tmp_path / "data", store_timeout_seconds=1)
+    services = services_factory(settings, REGISTRY)
+    server = live_server(services, run_worker=False, inbox_process=True)
+    (child,) = inbox_children()
+    body = event_body(conversation_id="stalled")
+    os.kill(child, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        answer = server.post_signed(body)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(child, signal.SIGCONT)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"] == "store_unavailable"
+    assert 1 <= waited < 10
+    retry = server.post_signed(body)
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["duplicate"] is True
+    assert inbox_children() == [child]  # stalled, not dead: the same child goes on
+    assert stored(services, [retry.json()["delivery_id"]]) == {retry.json()["delivery_id"]: 1}
 
 
 def test_stopping_the_server_ends_the_child(settings, services_factory) -> None:  # type: ignore[no-untyped-def]
