@@ -213,7 +213,6 @@ def _internal_error() -> Response:
     )
 
 
-
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 HTTP_ERROR_DETAILS = {
     404: "no such endpoint",

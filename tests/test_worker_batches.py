@@ -18,12 +18,12 @@ from tests.test_worker import job_rows, side_effects, store, transcription
 jobs = Job.__table__
 
 
-
 @pytest.fixture
 def services(database_url, tmp_path, services_factory):  # type: ignore[no-untyped-def]
     """A store on each database with one job per transcription, for a handler never run."""
     registry = Registry.of([HandlerSpec("elevenlabs", "post_call_transcription", print)])
     return services_factory(make_settings(database_url, tmp_path / "d"), registry)
+
 
 def statuses(services) -> list[str]:  # type: ignore[no-untyped-def]
     return [row.status for row in job_rows(services)]
