@@ -205,7 +205,9 @@ class InboxProcess:
         futures = [future for _, future in waiting]
         self._batches[batch] = futures
         routes = self._routes()
-        changed = routes if routes != self._sent_routes else None
+        # The registry keeps its routes as one object until they change: usually the same.
+        unchanged = routes is self._sent_routes or routes == self._sent_routes
+        changed = None if unchanged else routes
         self._sent_routes = routes
         frames.send((batch, changed, [incoming for incoming, _ in waiting]))
         # One timer for the batch: past the store timeout its requests are answered 503.

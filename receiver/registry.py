@@ -131,6 +131,7 @@ class Registry:
         self.blueprints: list[Blueprint] = []
         self._by_event: dict[tuple[str, str], list[HandlerSpec]] = defaultdict(list)
         self._by_name: dict[str, HandlerSpec] = {}
+        self._routes: tuple[tuple[str, str, str], ...] | None = None  # see routes()
         for blueprint in blueprints:
             self.include(blueprint)
 
@@ -149,6 +150,7 @@ class Registry:
         if spec not in self._by_event[key]:
             self._by_event[key].append(spec)
         self._by_name[spec.name] = spec
+        self._routes = None
 
     def handlers_for(self, source: str, event_type: str | None) -> list[HandlerSpec]:
         if event_type is None:
@@ -157,12 +159,15 @@ class Registry:
 
     def routes(self) -> tuple[tuple[str, str, str], ...]:
         """Every ``(source, event_type, handler name)``, each event's handlers in the order
-        they run: what the inbox needs to create jobs, as one comparable value."""
-        return tuple(
-            (source, event_type, spec.name)
-            for (source, event_type), specs in self._by_event.items()
-            for spec in specs
-        )
+        they run: what the inbox needs to create jobs, as one comparable value. The inbox asks
+        on every batch, so the value is kept (the same object) until a handler is added."""
+        if self._routes is None:
+            self._routes = tuple(
+                (source, event_type, spec.name)
+                for (source, event_type), specs in self._by_event.items()
+                for spec in specs
+            )
+        return self._routes
 
     def get(self, name: str) -> HandlerSpec | None:
         return self._by_name.get(name)
