@@ -29,6 +29,15 @@ def statuses(services) -> list[str]:  # type: ignore[no-untyped-def]
     return [row.status for row in job_rows(services)]
 
 
+def run_until_done(services, count: int, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    """Run the worker in its thread until ``count`` jobs are done, then stop it."""
+    services.worker.start_in_thread()
+    try:
+        wait_until(lambda: statuses(services) == ["done"] * count, timeout=timeout)
+    finally:
+        services.worker.stop()
+
+
 def test_claim_many_takes_the_oldest_due_jobs_with_their_deliveries(
     services,  # type: ignore[no-untyped-def]
 ) -> None:
@@ -94,11 +103,7 @@ def test_a_burst_of_async_jobs_all_finish_with_their_writes(
     services = services_factory(settings, registry)
     side_effects.create(services.engine)
     store(services, 40)
-    services.worker.start_in_thread()
-    try:
-        wait_until(lambda: statuses(services) == ["done"] * 80, timeout=60)
-    finally:
-        services.worker.stop()
+    run_until_done(services, 80, timeout=60)
     with services.engine.connect() as conn:
         marked = conn.execute(select(side_effects.c.id))
         assert sorted(row.id for row in marked) == sorted(written)
@@ -200,11 +205,7 @@ def test_jobs_waiting_in_the_queue_and_running_keep_their_leases(
     services = services_factory(settings, registry)
     engine_holder.append(services.engine)
     store(services, 3)
-    services.worker.start_in_thread()
-    try:
-        wait_until(lambda: statuses(services) == ["done"] * 3, timeout=30)
-    finally:
-        services.worker.stop()
+    run_until_done(services, 3, timeout=30)
     assert expired == []
     assert sorted(seen) == [(job.id, 1) for job in job_rows(services)]
 
